@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// startMetrics serves /metrics and /healthz on addr.
+func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, error) {
+	listen := d.deps.ListenMetrics
+	if listen == nil {
+		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	ln, err := listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	if d.deps.MetricsHandler != nil {
+		mux.Handle("GET /metrics", d.deps.MetricsHandler)
+	}
+	mux.HandleFunc("GET /healthz", d.healthz)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop or reload
+	return srv, nil
+}
+
+// healthz answers 200 when the daemon serves valid credentials, and 503 with
+// the reason when it does not, so that fleet monitoring sees an STS outage
+// before the last good credentials run out.
+func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
+	d.mu.Lock()
+	creds := d.creds
+	d.mu.Unlock()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if _, err := creds.Current(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
+		return
+	}
+	if err := d.probe(context.Background()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: metadata listener does not answer: %s\n", oneLine(err))
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// Status is what `imds-shim status` prints.
+type Status struct {
+	Version         string    `json:"version"`
+	PID             int       `json:"pid"`
+	Config          string    `json:"config"`
+	Started         time.Time `json:"started"`
+	RoleARN         string    `json:"role_arn"`
+	Listen          string    `json:"listen"`
+	Tokens          string    `json:"tokens"`
+	HopLimit        int       `json:"hop_limit"`
+	Metrics         string    `json:"metrics,omitempty"`
+	ManageNetwork   bool      `json:"manage_network"`
+	Reloads         int       `json:"reloads"`
+	LastReloadError string    `json:"last_reload_error,omitempty"`
+	// Credentials and Network come from the components themselves.
+	Credentials       any    `json:"credentials,omitempty"`
+	CredentialsError  string `json:"credentials_error,omitempty"`
+	CredentialsExpire string `json:"credentials_expire,omitempty"`
+	Network           any    `json:"network,omitempty"`
+	NetworkError      string `json:"network_error,omitempty"`
+}
+
+func (d *daemon) status(ctx context.Context) Status {
+	d.mu.Lock()
+	cfg, creds, network, ln := d.cfg, d.creds, d.net, d.ln
+	s := Status{
+		Version: d.deps.Version, PID: os.Getpid(), Config: d.path, Started: d.started.UTC(),
+		RoleARN: cfg.RoleARN, Listen: ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
+		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr,
+	}
+	d.mu.Unlock()
+	if c, err := creds.Current(); err != nil {
+		s.CredentialsError = err.Error()
+	} else {
+		s.CredentialsExpire = c.Expires.UTC().Format(time.RFC3339)
+	}
+	if r, ok := creds.(StatusReporter); ok {
+		s.Credentials, _ = r.Status(ctx)
+	}
+	if r, ok := network.(StatusReporter); ok {
+		v, err := r.Status(ctx)
+		s.Network = v
+		if err != nil {
+			s.NetworkError = err.Error()
+		}
+	}
+	return s
+}
+
+// startControl serves GET /status as JSON on the control socket, readable by
+// root only.
+func (d *daemon) startControl(ctx context.Context) (*http.Server, error) {
+	path := d.deps.ControlSocket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(d.status(r.Context())) //nolint:errcheck // the client went away
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop
+	return srv, nil
+}
+
+// ReadStatus asks the daemon listening on socket for its status.
+func ReadStatus(ctx context.Context, socket string) (*Status, []byte, error) {
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://imds-shim/status", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("asking the running daemon at %s (is imds-shim running?): %w", socket, err)
+	}
+	defer resp.Body.Close()
+	var raw json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
+		return nil, nil, fmt.Errorf("reading status: %w", err)
+	}
+	var s Status
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, nil, fmt.Errorf("decoding status: %w", err)
+	}
+	return &s, raw, nil
+}

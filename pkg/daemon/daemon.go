@@ -1,0 +1,430 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/imds-shim/imds-shim/pkg/config"
+	"github.com/imds-shim/imds-shim/pkg/credentials"
+)
+
+// Exit codes of `imds-shim serve`, documented in README.md and imds-shim(8).
+const (
+	ExitOK          = 0
+	ExitFailure     = 1 // a runtime failure after start-up
+	ExitUsage       = 2 // bad command line
+	ExitConfig      = 3 // the configuration file is missing or invalid
+	ExitCredentials = 4 // no first credentials from STS within start_timeout
+	ExitNetwork     = 5 // the address, the rules or the listener could not be set up
+)
+
+// ExitError carries the exit code for an error that ends the daemon.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+func exitErr(code int, format string, args ...any) error {
+	return &ExitError{Code: code, Err: fmt.Errorf(format, args...)}
+}
+
+// CredentialEngine is the part of credentials.Refresher the daemon drives.
+type CredentialEngine interface {
+	Fetch(ctx context.Context) error
+	Run(ctx context.Context) error
+	Current() (credentials.Credentials, error)
+}
+
+// Network is the part of netredirect.Redirector the daemon drives.
+type Network interface {
+	Setup(ctx context.Context) error
+	Teardown(ctx context.Context) error
+	Run(ctx context.Context) error
+}
+
+// Handler is the IMDS API; Update switches it to a new configuration and
+// credential source without disturbing requests in flight.
+type Handler interface {
+	http.Handler
+	Update(cfg *config.Config, creds CredentialEngine) error
+}
+
+// StatusReporter is implemented by components that can describe themselves
+// for `imds-shim status`.
+type StatusReporter interface {
+	Status(ctx context.Context) (any, error)
+}
+
+// Notifier sends sd_notify(3) state strings to systemd.
+type Notifier interface {
+	Notify(state string) error
+}
+
+// Deps are the daemon's side effects, injected so that tests can replace
+// every one of them.
+type Deps struct {
+	Log *slog.Logger
+	// Load reads and fully validates the configuration file.
+	Load func(path string) (*config.Config, error)
+	// Cleanup removes leftovers of an earlier run, found by ownership.
+	Cleanup func(ctx context.Context) error
+	// NewCredentials, NewNetwork and NewHandler build components without
+	// side effects; the daemon decides when they act.
+	NewCredentials func(ctx context.Context, cfg *config.Config) (CredentialEngine, error)
+	NewNetwork     func(cfg *config.Config) (Network, error)
+	NewHandler     func(cfg *config.Config, creds CredentialEngine) (Handler, error)
+	// Listen binds the IMDS listener with the configured hop limit.
+	Listen func(addr string, hopLimit int) (net.Listener, error)
+	// ListenMetrics binds the metrics listener.
+	ListenMetrics func(addr string) (net.Listener, error)
+	// MetricsHandler serves /metrics; nil serves only /healthz.
+	MetricsHandler http.Handler
+	Notifier       Notifier
+	// Watchdog is the interval at which to send WATCHDOG=1, 0 for none
+	// (half of systemd's WATCHDOG_USEC).
+	Watchdog time.Duration
+	// ControlSocket is the unix socket `imds-shim status` reads; "" for none.
+	ControlSocket string
+	// Version is reported in status.
+	Version string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Reload asks a running daemon to re-read its configuration; Run receives
+// these on the channel it is given (SIGHUP in production).
+type Reload struct{}
+
+// Run is `imds-shim serve`: load and validate the config, clean up leftovers,
+// fetch the first credentials, set up the network, bind the listener, tell
+// systemd READY=1, then serve, refresh and reconcile until ctx is cancelled,
+// re-reading the config on every value from reload. On return everything it
+// installed has been removed. A start-up failure leaves nothing installed.
+func Run(ctx context.Context, path string, deps Deps, reload <-chan Reload) (err error) {
+	d := &daemon{deps: deps, path: path, log: deps.Log}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.deps.Now == nil {
+		d.deps.Now = time.Now
+	}
+	if err := d.start(ctx); err != nil {
+		d.notify("STATUS=start-up failed: " + oneLine(err))
+		return err
+	}
+	d.log.Info("ready", "role_arn", d.cfg.RoleARN, "listen", d.ln.Addr().String(), "network", d.cfg.ManageNetwork())
+	d.notify("READY=1\nSTATUS=" + d.statusLine())
+	d.loop(ctx, reload)
+	return d.stop()
+}
+
+type daemon struct {
+	deps Deps
+	path string
+	log  *slog.Logger
+
+	mu       sync.Mutex // guards everything below against status readers
+	cfg      *config.Config
+	creds    CredentialEngine
+	net      Network
+	handler  Handler
+	ln       net.Listener
+	srv      *http.Server
+	metrics  *http.Server
+	control  *http.Server
+	started  time.Time
+	reloads  int
+	lastErr  string // last rejected reload
+	serveErr chan error
+
+	// runs are the background loops of the current components.
+	credsRun, netRun *runner
+}
+
+// runner is one background loop with its own cancel, so a reload can stop
+// the old credential engine's refresh loop after the new one has taken over.
+type runner struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Runners outlive the daemon's context: the stop sequence ends them
+// explicitly, after the last request has been answered.
+func startRunner(ctx context.Context, log *slog.Logger, what string, f func(context.Context) error) *runner {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r := &runner{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("background loop stopped", "loop", what, "err", err)
+		}
+	}()
+	return r
+}
+
+func (r *runner) stop() {
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+}
+
+func (d *daemon) notify(state string) {
+	if d.deps.Notifier == nil {
+		return
+	}
+	if err := d.deps.Notifier.Notify(state); err != nil {
+		d.log.Warn("notifying systemd", "err", err)
+	}
+}
+
+// start runs the start-up sequence. On any failure it undoes what it did.
+func (d *daemon) start(ctx context.Context) (err error) {
+	d.started = d.deps.Now()
+	d.notify("STATUS=loading " + d.path)
+	cfg, err := d.deps.Load(d.path)
+	if err != nil {
+		return &ExitError{Code: ExitConfig, Err: err}
+	}
+	d.cfg = cfg
+
+	// Build every component before touching anything, so that a problem
+	// they can find on their own stops us while nothing is installed.
+	creds, err := d.deps.NewCredentials(ctx, cfg)
+	if err != nil {
+		return exitErr(ExitConfig, "preparing credentials: %w", err)
+	}
+	handler, err := d.deps.NewHandler(cfg, creds)
+	if err != nil {
+		return exitErr(ExitConfig, "preparing the metadata API: %w", err)
+	}
+	var network Network
+	if cfg.ManageNetwork() {
+		if network, err = d.deps.NewNetwork(cfg); err != nil {
+			return exitErr(ExitConfig, "preparing the network redirect: %w", err)
+		}
+	}
+
+	d.notify("STATUS=removing leftovers of an earlier run")
+	if err := d.deps.Cleanup(ctx); err != nil {
+		return exitErr(ExitNetwork, "removing leftovers of an earlier run: %w", err)
+	}
+
+	d.notify("STATUS=fetching first credentials for " + cfg.RoleARN)
+	fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
+	err = creds.Fetch(fctx)
+	cancel()
+	if err != nil {
+		return exitErr(ExitCredentials, "fetching first credentials for %s within %s: %w", cfg.RoleARN, cfg.StartTimeout.D(), err)
+	}
+
+	if network != nil {
+		d.notify("STATUS=setting up 169.254.169.254")
+		if err := network.Setup(ctx); err != nil {
+			// Setup removes what it added before it fails; Teardown
+			// again in case it could not, so nothing stays behind.
+			return exitErr(ExitNetwork, "setting up the network redirect: %w",
+				errors.Join(err, network.Teardown(context.WithoutCancel(ctx))))
+		}
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, network.Teardown(context.WithoutCancel(ctx)))
+			}
+		}()
+	}
+
+	ln, err := d.deps.Listen(cfg.IMDS.Listen, cfg.IMDS.HopLimit)
+	if err != nil {
+		return exitErr(ExitNetwork, "binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
+	}
+	defer func() {
+		if err != nil {
+			ln.Close()
+		}
+	}()
+
+	var metrics *http.Server
+	if addr := cfg.MetricsListen(); addr != "" {
+		if metrics, err = d.startMetrics(ctx, addr); err != nil {
+			return exitErr(ExitNetwork, "binding the metrics listener %s: %w", addr, err)
+		}
+	}
+	var control *http.Server
+	if d.deps.ControlSocket != "" {
+		if control, err = d.startControl(ctx); err != nil {
+			if metrics != nil {
+				metrics.Close()
+			}
+			return exitErr(ExitFailure, "opening the control socket: %w", err)
+		}
+	}
+
+	d.mu.Lock()
+	d.creds, d.handler, d.net, d.ln, d.metrics, d.control = creds, handler, network, ln, metrics, control
+	d.srv = d.newAPIServer(ctx, handler)
+	d.serveErr = make(chan error, 4)
+	d.mu.Unlock()
+	d.serve(d.srv, ln)
+	d.credsRun = startRunner(ctx, d.log, "credentials", creds.Run)
+	if network != nil {
+		d.netRun = startRunner(ctx, d.log, "network", network.Run)
+	}
+	return nil
+}
+
+func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(d.log.With("component", "http").Handler(), slog.LevelDebug),
+	}
+}
+
+// serve runs srv on ln until the listener is closed.
+func (d *daemon) serve(srv *http.Server, ln net.Listener) {
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			d.serveErr <- fmt.Errorf("serving on %s: %w", ln.Addr(), err)
+		}
+	}()
+}
+
+// loop waits for reloads, watchdog ticks and the end.
+func (d *daemon) loop(ctx context.Context, reload <-chan Reload) {
+	var tick <-chan time.Time
+	if d.deps.Watchdog > 0 {
+		t := time.NewTicker(d.deps.Watchdog)
+		defer t.Stop()
+		tick = t.C
+	}
+	status := time.NewTicker(30 * time.Second)
+	defer status.Stop()
+	healthy := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+			d.reload(ctx)
+		case err := <-d.serveErr:
+			d.log.Error("metadata listener failed", "err", err)
+			healthy = false
+		case <-tick:
+			// The watchdog proves this process still answers on its
+			// listener. It deliberately ignores STS: restarting cannot
+			// fix an STS outage, and the last good credentials are
+			// still being served.
+			if healthy && d.probe(ctx) == nil {
+				d.notify("WATCHDOG=1")
+			}
+		case <-status.C:
+			d.notify("STATUS=" + d.statusLine())
+		}
+	}
+}
+
+// probe makes one request to our own listener.
+func (d *daemon) probe(ctx context.Context) error {
+	d.mu.Lock()
+	addr := d.ln.Addr().String()
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		d.log.Warn("watchdog probe of own listener failed", "addr", addr, "err", err)
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+
+// stop is the orderly shutdown: stop accepting, let requests in flight
+// finish within stop_timeout, stop the loops, remove the network.
+func (d *daemon) stop() error {
+	d.notify("STOPPING=1\nSTATUS=stopping")
+	d.log.Info("stopping")
+	d.mu.Lock()
+	cfg, srv, metrics, control, network := d.cfg, d.srv, d.metrics, d.control, d.net
+	d.mu.Unlock()
+
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout.D())
+	defer cancel()
+	var errs []error
+	if err := srv.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("finishing requests in flight: %w", err))
+		srv.Close()
+	}
+	for _, s := range []*http.Server{metrics, control} {
+		if s != nil {
+			s.Close()
+		}
+	}
+	d.credsRun.stop()
+	d.netRun.stop()
+	if network != nil {
+		if err := network.Teardown(context.Background()); err != nil {
+			errs = append(errs, fmt.Errorf("tearing down the network redirect: %w", err))
+		}
+	}
+	if d.deps.ControlSocket != "" {
+		os.Remove(d.deps.ControlSocket)
+	}
+	if len(errs) > 0 {
+		return &ExitError{Code: ExitFailure, Err: errors.Join(errs...)}
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+func (d *daemon) statusLine() string {
+	d.mu.Lock()
+	cfg, creds := d.cfg, d.creds
+	d.mu.Unlock()
+	c, err := creds.Current()
+	if err != nil {
+		return fmt.Sprintf("serving %s; no valid credentials: %s", roleName(cfg.RoleARN), oneLine(err))
+	}
+	return fmt.Sprintf("serving %s; credentials expire %s", roleName(cfg.RoleARN), c.Expires.UTC().Format(time.RFC3339))
+}
+
+func roleName(arn string) string {
+	for i := len(arn) - 1; i >= 0; i-- {
+		if arn[i] == '/' {
+			return arn[i+1:]
+		}
+	}
+	return arn
+}
+
+func oneLine(err error) string {
+	b := []byte(err.Error())
+	for i, c := range b {
+		if c == '\n' {
+			b[i] = ';'
+		}
+	}
+	return string(b)
+}

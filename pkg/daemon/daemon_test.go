@@ -1,0 +1,495 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/imds-shim/imds-shim/pkg/config"
+	"github.com/imds-shim/imds-shim/pkg/credentials"
+)
+
+// world records, in order, every side effect the daemon performs through
+// its fakes, and lets a test make any step fail.
+type world struct {
+	t      *testing.T
+	mu     sync.Mutex
+	events []string
+	fail   map[string]error // event name → error returned by that step
+	cfgs   map[string]string
+	notes  []string
+	ready  chan struct{}
+	once   sync.Once
+
+	entered, release chan struct{} // for a request held in the handler
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{t: t, fail: map[string]error{}, ready: make(chan struct{})}
+}
+
+func (w *world) record(ev string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = append(w.events, ev)
+	return w.fail[ev]
+}
+
+func (w *world) setFail(ev string, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.fail[ev] = err
+}
+
+func (w *world) Events() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.events...)
+}
+
+func (w *world) Notify(state string) error {
+	w.mu.Lock()
+	w.notes = append(w.notes, state)
+	w.mu.Unlock()
+	if strings.HasPrefix(state, "READY=1") {
+		w.once.Do(func() { close(w.ready) })
+	}
+	return w.record("notify:" + strings.SplitN(state, "\n", 2)[0])
+}
+
+type fakeCreds struct {
+	w    *world
+	role string
+}
+
+func (c *fakeCreds) Fetch(ctx context.Context) error { return c.w.record("fetch:" + roleName(c.role)) }
+func (c *fakeCreds) Run(ctx context.Context) error {
+	<-ctx.Done()
+	c.w.record("creds-run-stopped:" + roleName(c.role))
+	return ctx.Err()
+}
+func (c *fakeCreds) Current() (credentials.Credentials, error) {
+	return credentials.Credentials{AccessKeyID: "AKID", RoleARN: c.role, Expires: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, nil
+}
+
+type fakeNet struct {
+	w    *world
+	link string
+}
+
+func (n *fakeNet) Setup(ctx context.Context) error    { return n.w.record("setup:" + n.link) }
+func (n *fakeNet) Teardown(ctx context.Context) error { return n.w.record("teardown:" + n.link) }
+func (n *fakeNet) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+type fakeHandler struct {
+	w     *world
+	mu    sync.Mutex
+	creds CredentialEngine
+}
+
+func (h *fakeHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	c := h.creds
+	h.mu.Unlock()
+	cur, _ := c.Current()
+	if r.URL.Path == "/slow" && h.w.entered != nil {
+		h.w.entered <- struct{}{} // a request in flight during stop
+		<-h.w.release
+		h.w.record("request-done")
+	}
+	io.WriteString(rw, roleName(cur.RoleARN))
+}
+
+func (h *fakeHandler) Update(cfg *config.Config, creds CredentialEngine) error {
+	h.mu.Lock()
+	h.creds = creds
+	h.mu.Unlock()
+	return h.w.record("update:" + roleName(cfg.RoleARN))
+}
+
+func (w *world) deps(dir string) Deps {
+	return Deps{
+		Log: slog.New(slog.NewTextHandler(w.t.Output(), nil)),
+		Load: func(path string) (*config.Config, error) {
+			if err := w.record("load"); err != nil {
+				return nil, err
+			}
+			return config.Load(path)
+		},
+		Cleanup: func(ctx context.Context) error { return w.record("cleanup") },
+		NewCredentials: func(ctx context.Context, cfg *config.Config) (CredentialEngine, error) {
+			return &fakeCreds{w: w, role: cfg.RoleARN}, nil
+		},
+		NewNetwork: func(cfg *config.Config) (Network, error) {
+			return &fakeNet{w: w, link: cfg.Network.Link + "->" + cfg.IMDS.Listen}, nil
+		},
+		NewHandler: func(cfg *config.Config, creds CredentialEngine) (Handler, error) {
+			return &fakeHandler{w: w, creds: creds}, nil
+		},
+		Listen: func(addr string, hop int) (net.Listener, error) {
+			if err := w.record(fmt.Sprintf("listen:%s/hop%d", addr, hop)); err != nil {
+				return nil, err
+			}
+			return net.Listen("tcp", "127.0.0.1:0")
+		},
+		ListenMetrics: func(addr string) (net.Listener, error) {
+			w.record("metrics-listen")
+			return net.Listen("tcp", "127.0.0.1:0")
+		},
+		Notifier:      w,
+		ControlSocket: filepath.Join(dir, "control.sock"),
+		Version:       "test",
+	}
+}
+
+func writeConfig(t *testing.T, path, role, extra string) {
+	t.Helper()
+	body := "role_arn: arn:aws:iam::123456789012:role/" + role + "\nimds:\n  listen: 127.0.0.1:8254\n" + extra
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs the daemon in the background and waits for READY=1.
+func start(t *testing.T, w *world, deps Deps, path string) (cancel func(), reload chan Reload, done chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	reload = make(chan Reload)
+	done = make(chan error, 1)
+	go func() { done <- Run(ctx, path, deps, reload) }()
+	select {
+	case <-w.ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("daemon exited before READY: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("no READY=1 within 10s")
+	}
+	return cancel, reload, done
+}
+
+func wait(t *testing.T, done chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not stop within 10s")
+		return nil
+	}
+}
+
+func TestLifecycleOrder(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	cancel, _, done := start(t, w, w.deps(dir), path)
+
+	// The status socket answers while running.
+	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RoleARN != "arn:aws:iam::123456789012:role/app" || st.CredentialsExpire != "2030-01-01T00:00:00Z" || !st.ManageNetwork {
+		t.Errorf("status = %+v", st)
+	}
+	cancel()
+	if err := wait(t, done); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	want := []string{
+		"notify:STATUS=loading " + path,
+		"load",
+		"notify:STATUS=removing leftovers of an earlier run",
+		"cleanup",
+		"notify:STATUS=fetching first credentials for arn:aws:iam::123456789012:role/app",
+		"fetch:app",
+		"notify:STATUS=setting up 169.254.169.254",
+		"setup:auto->127.0.0.1:8254",
+		"listen:127.0.0.1:8254/hop1",
+		"metrics-listen",
+		"notify:READY=1",
+		"notify:STOPPING=1",
+		"creds-run-stopped:app",
+		"teardown:auto->127.0.0.1:8254",
+	}
+	if d := cmp.Diff(want, w.Events()); d != "" {
+		t.Errorf("side effects (-want +got):\n%s", d)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "control.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+}
+
+// TestStartFailures: a failing step exits with its code and undoes every
+// earlier step, so nothing stays installed.
+func TestStartFailures(t *testing.T) {
+	boom := errors.New("boom")
+	tests := []struct {
+		failAt   string
+		code     int
+		wantTail []string
+	}{
+		{"load", ExitConfig, []string{"load"}},
+		{"cleanup", ExitNetwork, []string{"cleanup"}},
+		{"fetch:app", ExitCredentials, []string{"fetch:app"}},
+		{"setup:auto->127.0.0.1:8254", ExitNetwork, []string{"setup:auto->127.0.0.1:8254", "teardown:auto->127.0.0.1:8254"}},
+		{"listen:127.0.0.1:8254/hop1", ExitNetwork, []string{"listen:127.0.0.1:8254/hop1", "teardown:auto->127.0.0.1:8254"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.failAt, func(t *testing.T) {
+			w := newWorld(t)
+			w.setFail(tt.failAt, boom)
+			dir := t.TempDir()
+			path := filepath.Join(dir, "c.yaml")
+			writeConfig(t, path, "app", "")
+			err := Run(context.Background(), path, w.deps(dir), nil)
+			var ee *ExitError
+			if !errors.As(err, &ee) || ee.Code != tt.code || !errors.Is(err, boom) {
+				t.Fatalf("Run = %v, want exit code %d wrapping boom", err, tt.code)
+			}
+			ev := w.Events()
+			var effects []string
+			for _, e := range ev {
+				if !strings.HasPrefix(e, "notify:") {
+					effects = append(effects, e)
+				}
+			}
+			tail := effects[len(effects)-len(tt.wantTail):]
+			if d := cmp.Diff(tt.wantTail, tail); d != "" {
+				t.Errorf("last side effects (-want +got):\n%s\nall: %q", d, ev)
+			}
+			for _, e := range ev {
+				if strings.HasPrefix(e, "notify:READY") {
+					t.Errorf("READY sent despite failure: %q", ev)
+				}
+			}
+		})
+	}
+}
+
+func TestBadConfigChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte("imds: {tokens: sometimes}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(context.Background(), path, w.deps(dir), nil)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != ExitConfig {
+		t.Fatalf("Run = %v, want ExitConfig", err)
+	}
+	for _, want := range []string{"role_arn: required", "imds.tokens"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if d := cmp.Diff([]string{"notify:STATUS=loading " + path, "load", "notify:STATUS=start-up failed: config " + path + ": role_arn: required (the IAM role to serve, e.g. arn:aws:iam::123456789012:role/app);imds.tokens: \"sometimes\" must be required or optional"}, w.Events()); d != "" {
+		t.Errorf("side effects (-want +got):\n%s", d)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func TestReload(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	deps := w.deps(dir)
+	cancel, reload, done := start(t, w, deps, path)
+	defer cancel()
+	sock := filepath.Join(dir, "control.sock")
+	st, _, err := ReadStatus(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + st.Listen + "/"
+	if got := get(t, url); got != "app" {
+		t.Fatalf("before reload: %q", got)
+	}
+
+	// An invalid config is rejected; the old one keeps serving.
+	if err := os.WriteFile(path, []byte("role_arn: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := len(w.Events())
+	reload <- Reload{}
+	st, _, err = ReadStatus(context.Background(), sock) // served after the reload finished
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastReloadError == "" || st.Reloads != 0 {
+		t.Errorf("after a bad reload: status %+v", st)
+	}
+	if got := get(t, url); got != "app" {
+		t.Errorf("after a bad reload: %q", got)
+	}
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "notify:READY=1"}, w.Events()[before:]); d != "" {
+		t.Errorf("bad reload side effects (-want +got):\n%s", d)
+	}
+
+	// A new role gets its first credentials before the switch, and the
+	// old engine stops only after.
+	writeConfig(t, path, "other", "")
+	before = len(w.Events())
+	reload <- Reload{}
+	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, url); got != "other" {
+		t.Errorf("after reload: %q, want other", got)
+	}
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "fetch:other", "update:other", "creds-run-stopped:app", "notify:READY=1"}, w.Events()[before:]); d != "" {
+		t.Errorf("role reload side effects (-want +got):\n%s", d)
+	}
+
+	// A new listener: bound, network converged to it, old one closed.
+	writeConfig(t, path, "other", "")
+	if err := os.WriteFile(path, []byte("role_arn: arn:aws:iam::123456789012:role/other\nimds:\n  listen: 127.0.0.1:8255\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before = len(w.Events())
+	reload <- Reload{}
+	st, _, err = ReadStatus(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "listen:127.0.0.1:8255/hop1", "setup:auto->127.0.0.1:8255", "update:other", "notify:READY=1"}, w.Events()[before:]); d != "" {
+		t.Errorf("listener reload side effects (-want +got):\n%s", d)
+	}
+	if st.Listen == strings.TrimPrefix(strings.TrimSuffix(url, "/"), "http://") {
+		t.Errorf("listener not switched: %s", st.Listen)
+	}
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	if _, err := fresh.Get(url); err == nil {
+		t.Errorf("old listener %s still accepts", url)
+	}
+	if got := get(t, "http://"+st.Listen+"/"); got != "other" {
+		t.Errorf("new listener: %q", got)
+	}
+
+	// Network off: the redirect is removed.
+	if err := os.WriteFile(path, []byte("role_arn: arn:aws:iam::123456789012:role/other\nimds:\n  listen: 127.0.0.1:8255\nnetwork:\n  manage: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before = len(w.Events())
+	reload <- Reload{}
+	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "teardown:auto->127.0.0.1:8255", "update:other", "notify:READY=1"}, w.Events()[before:]); d != "" {
+		t.Errorf("network-off reload side effects (-want +got):\n%s", d)
+	}
+	cancel()
+	if err := wait(t, done); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReloadFetchFailureKeepsOldRole: STS refusing the new role must not
+// take the old one away.
+func TestReloadFetchFailureKeepsOldRole(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	cancel, reload, done := start(t, w, w.deps(dir), path)
+	defer cancel()
+	w.setFail("fetch:denied", errors.New("AccessDenied"))
+	writeConfig(t, path, "denied", "")
+	reload <- Reload{}
+	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.LastReloadError, "AccessDenied") || st.RoleARN != "arn:aws:iam::123456789012:role/app" {
+		t.Errorf("status after refused role: %+v", st)
+	}
+	if got := get(t, "http://"+st.Listen+"/"); got != "app" {
+		t.Errorf("serving %q after refused reload, want app", got)
+	}
+	cancel()
+	wait(t, done)
+}
+
+// TestStopFinishesInFlight: a request in flight when the stop begins is
+// answered, then the network is torn down.
+func TestStopFinishesInFlight(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	w.entered, w.release = make(chan struct{}), make(chan struct{})
+	cancel, _, done := start(t, w, w.deps(dir), path)
+	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://" + st.Listen + "/slow")
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	<-w.entered
+	cancel()
+	// Let the stop begin with the request still held in the handler.
+	for !contains(w.Events(), "notify:STOPPING=1") {
+		runtime.Gosched()
+	}
+	close(w.release)
+	if err := wait(t, done); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; g != "app" {
+		t.Errorf("in-flight request got %q", g)
+	}
+	// The stop waited for the request before removing the network.
+	ev := w.Events()
+	if d := cmp.Diff([]string{"request-done", "creds-run-stopped:app", "teardown:auto->127.0.0.1:8254"}, ev[len(ev)-3:]); d != "" {
+		t.Errorf("stop order (-want +got):\n%s\nall: %q", d, ev)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}

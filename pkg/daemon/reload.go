@@ -1,0 +1,204 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	sdd "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/imds-shim/imds-shim/pkg/config"
+)
+
+// reload re-reads the configuration. A valid one is applied without dropping
+// requests: everything that can fail (a new role's first credentials, a new
+// listener, the new network state) is prepared first, and only then does the
+// daemon switch. An invalid one is rejected and the old one keeps running.
+func (d *daemon) reload(ctx context.Context) {
+	d.notify("RELOADING=1\n" + strings.TrimSpace(sdd.SdNotifyMonotonicUsec()) + "\nSTATUS=reloading " + d.path)
+	err := d.applyReload(ctx)
+	d.mu.Lock()
+	if err != nil {
+		d.lastErr = err.Error()
+	} else {
+		d.reloads++
+		d.lastErr = ""
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("reload rejected; the previous configuration keeps running", "config", d.path, "err", err)
+	} else {
+		d.log.Info("reloaded", "config", d.path, "role_arn", d.cfg.RoleARN)
+	}
+	d.notify("READY=1\nSTATUS=" + d.statusLine())
+}
+
+func (d *daemon) applyReload(ctx context.Context) (err error) {
+	cfg, err := d.deps.Load(d.path)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	old := d.cfg
+	creds, ln := d.creds, d.ln
+	d.mu.Unlock()
+
+	// 1. Credentials: a new role (or any credential setting) gets its first
+	// set before the switch, so clients never see a gap.
+	newCreds := creds
+	if credentialsChanged(old, cfg) {
+		if newCreds, err = d.deps.NewCredentials(ctx, cfg); err != nil {
+			return fmt.Errorf("preparing credentials: %w", err)
+		}
+		fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
+		err = newCreds.Fetch(fctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("fetching first credentials for %s: %w", cfg.RoleARN, err)
+		}
+	}
+
+	// 2. A new listener, bound beside the old one.
+	newLn := ln
+	if old.IMDS.Listen != cfg.IMDS.Listen || old.IMDS.HopLimit != cfg.IMDS.HopLimit {
+		if old.IMDS.Listen == cfg.IMDS.Listen {
+			// Same address, new hop limit: the old socket must go first.
+			ln.Close()
+		}
+		if newLn, err = d.deps.Listen(cfg.IMDS.Listen, cfg.IMDS.HopLimit); err != nil {
+			if old.IMDS.Listen == cfg.IMDS.Listen {
+				// Put the old one back; if even that fails the
+				// watchdog probe notices and systemd restarts us.
+				if back, berr := d.deps.Listen(old.IMDS.Listen, old.IMDS.HopLimit); berr == nil {
+					d.mu.Lock()
+					d.ln = back
+					d.mu.Unlock()
+					d.serve(d.srv, back)
+				}
+			}
+			return fmt.Errorf("binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
+		}
+		d.serve(d.srv, newLn)
+		if old.IMDS.Listen == cfg.IMDS.Listen {
+			// The old socket is gone: the new one is ours now
+			// whatever happens to the rest of this reload.
+			d.mu.Lock()
+			d.ln = newLn
+			d.mu.Unlock()
+		}
+	}
+	abandonListener := func() {
+		if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
+			newLn.Close()
+		}
+	}
+
+	// 3. Network: converge to the new plan.
+	newNet, err := d.reloadNetwork(ctx, old, cfg)
+	if err != nil {
+		abandonListener()
+		return err
+	}
+
+	// 4. Switch.
+	if err := d.handler.Update(cfg, newCreds); err != nil {
+		abandonListener()
+		return fmt.Errorf("applying the metadata configuration: %w", err)
+	}
+	d.mu.Lock()
+	d.cfg, d.creds, d.ln, d.net = cfg, newCreds, newLn, newNet
+	d.mu.Unlock()
+	if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
+		// Closing the old listener stops new connections on it;
+		// requests already accepted on it finish normally.
+		ln.Close()
+	}
+	if newCreds != creds {
+		old := d.credsRun
+		d.credsRun = startRunner(ctx, d.log, "credentials", newCreds.Run)
+		old.stop()
+	}
+	if old.MetricsListen() != cfg.MetricsListen() {
+		if d.metrics != nil {
+			d.metrics.Close()
+			d.metrics = nil
+		}
+		if addr := cfg.MetricsListen(); addr != "" {
+			m, err := d.startMetrics(ctx, addr)
+			if err != nil {
+				d.log.Error("binding the metrics listener; metrics are off until the next reload", "addr", addr, "err", err)
+			}
+			d.metrics = m
+		}
+	}
+	return nil
+}
+
+// reloadNetwork returns the network component for cfg, set up, with the old
+// one's state removed where it differs.
+func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config) (Network, error) {
+	cur := d.net
+	if reflect.DeepEqual(old.Network, cfg.Network) && old.IMDS.Listen == cfg.IMDS.Listen {
+		return cur, nil
+	}
+	if !cfg.ManageNetwork() {
+		if cur != nil {
+			d.netRun.stop()
+			d.netRun = nil
+			if err := cur.Teardown(context.WithoutCancel(ctx)); err != nil {
+				d.log.Error("removing the network redirect", "err", err)
+			}
+		}
+		return nil, nil
+	}
+	next, err := d.deps.NewNetwork(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("preparing the network redirect: %w", err)
+	}
+	sameSite := cur != nil && old.Network.Link == cfg.Network.Link && old.Network.Backend == cfg.Network.Backend
+	if cur != nil {
+		d.netRun.stop()
+		d.netRun = nil
+		if !sameSite {
+			// Another link or backend: the old address and rules are
+			// not the new plan's, so remove them first.
+			if err := cur.Teardown(context.WithoutCancel(ctx)); err != nil {
+				d.log.Error("removing the previous network redirect", "err", err)
+			}
+		}
+	}
+	// On the same link and backend, Setup converges the chains we own to
+	// the new plan in place, so the address never disappears.
+	if err := next.Setup(ctx); err != nil {
+		err = fmt.Errorf("setting up the network redirect: %w", err)
+		if cur != nil {
+			// Restore the previous plan.
+			if rerr := cur.Setup(ctx); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("restoring the previous redirect: %w", rerr))
+			}
+			d.netRun = startRunner(ctx, d.log, "network", cur.Run)
+		}
+		return nil, err
+	}
+	d.netRun = startRunner(ctx, d.log, "network", next.Run)
+	return next, nil
+}
+
+// credentialsChanged reports whether anything the credential engine depends
+// on differs between two configurations.
+func credentialsChanged(a, b *config.Config) bool {
+	type credKeys struct {
+		RoleARN, Region, STSEndpoint, SessionName, ExternalID, Policy, SourceIdentity string
+		Duration                                                                      config.Duration
+		PolicyARNs, TransitiveTagKeys                                                 []string
+		Tags                                                                          map[string]string
+		Profile, CredentialsFile, ConfigFile, WebIdentityTokenFile                    string
+	}
+	k := func(c *config.Config) credKeys {
+		return credKeys{c.RoleARN, c.Region, c.STSEndpoint, c.SessionName, c.ExternalID, c.Policy, c.SourceIdentity,
+			c.Duration, c.PolicyARNs, c.TransitiveTagKeys, c.Tags, c.Profile, c.CredentialsFile, c.ConfigFile, c.WebIdentityTokenFile}
+	}
+	return !reflect.DeepEqual(k(a), k(b))
+}
