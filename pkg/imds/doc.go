@@ -1,0 +1,22 @@
+// Package imds serves the EC2 instance metadata service (IMDS) API for one
+// configured IAM role, as an http.Handler, so that unmodified AWS SDKs and
+// the AWS CLI on an on-prem host find credentials, region and instance
+// metadata exactly as they would on EC2.
+//
+// The handler implements IMDSv2 session tokens (stateless HMAC tokens, so
+// memory stays bounded whatever clients do), the required/optional token
+// modes, the credential documents (legacy and security-credentials-extended),
+// a small instance-metadata tree with on-prem defaults and overrides (typed
+// config fields, a metadata directory, explicit path overrides), EC2's wire
+// conventions (text/plain bodies, LF-joined listings without a trailing LF,
+// XHTML error pages, Server: EC2ws), a source-address allowlist and a Host
+// header check against DNS rebinding.
+//
+// Credentials are read through CredentialSource and never fetched on the
+// request path. The credential documents are rendered once per credential
+// set, and the token-validated credential GET does not allocate in the
+// handler.
+//
+// Listen wraps a TCP listener so that every accepted connection carries the
+// configured IP TTL / IPv6 hop limit, like EC2's PUT response hop limit.
+package imds

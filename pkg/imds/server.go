@@ -1,0 +1,561 @@
+package imds
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/imds-shim/imds-shim/pkg/credentials"
+)
+
+// CredentialSource hands out the current credential set. It must not block
+// on the network: the handler calls it on every credential request.
+// It returns credentials.ErrNoCredentials (possibly wrapped) when no valid
+// set exists.
+type CredentialSource interface {
+	Current() (credentials.Credentials, error)
+}
+
+// Observer receives what the handler does, for metrics. Implementations
+// must be safe for concurrent use and fast; class is one of the Class*
+// constants.
+type Observer interface {
+	Request(class string, status int)
+	TokenIssued()
+	CredentialsUnavailable(err error)
+}
+
+// Request path classes reported to Observer.Request: a small fixed set, so
+// that metrics labels stay bounded whatever paths clients send.
+const (
+	ClassToken       = "token"
+	ClassCredentials = "credentials" // everything under meta-data/iam/
+	ClassMetadata    = "metadata"
+	ClassDynamic     = "dynamic"
+	ClassUserData    = "userdata"
+	ClassOther       = "other"
+)
+
+// NopObserver ignores everything.
+type NopObserver struct{}
+
+// Request implements Observer.
+func (NopObserver) Request(string, int) {}
+
+// TokenIssued implements Observer.
+func (NopObserver) TokenIssued() {}
+
+// CredentialsUnavailable implements Observer.
+func (NopObserver) CredentialsUnavailable(error) {}
+
+// Options are the server's collaborators.
+type Options struct {
+	// Logger defaults to discarding. Requests are logged at debug level.
+	Logger *slog.Logger
+	// Observer defaults to NopObserver.
+	Observer Observer
+	// TokenKey is the HMAC key for session tokens (at least TokenKeySize
+	// bytes, see LoadOrCreateTokenKey). Nil means a random key in memory:
+	// tokens then do not survive a restart.
+	TokenKey []byte
+	// Now defaults to time.Now.
+	Now func() time.Time
+	// Host supplies the facts for on-prem defaults. Nil means DiscoverHost
+	// on this host (again on every Update, to follow a renamed host).
+	Host *HostFacts
+}
+
+// Server is the IMDS http.Handler. It is safe for concurrent use; Update
+// swaps its configuration atomically.
+type Server struct {
+	key      *tokenKey
+	log      *slog.Logger
+	obs      Observer
+	now      func() time.Time
+	host     *HostFacts
+	state    atomic.Pointer[state]
+	lastWarn atomic.Int64 // Unix nanoseconds of the last "credentials unavailable" log
+}
+
+// state is everything derived from one Config; requests load it once, so
+// an Update never changes the answer to a request already in flight.
+type state struct {
+	cfg      Config
+	src      CredentialSource
+	required bool
+	tree     tree
+	d        derived
+	hosts    []string
+	infoFall response // iam/info while no credentials are available
+	docs     atomic.Pointer[credDocs]
+}
+
+// credDocs are the credential documents rendered for one credential set.
+type credDocs struct {
+	creds                  credentials.Credentials
+	legacy, extended, info response
+}
+
+// NewServer validates cfg, reads its metadata directory and returns a
+// handler serving it with credentials from src.
+func NewServer(cfg Config, src CredentialSource, opts Options) (*Server, error) {
+	s := &Server{log: opts.Logger, obs: opts.Observer, now: opts.Now, host: opts.Host}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.obs == nil {
+		s.obs = NopObserver{}
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	key := opts.TokenKey
+	if key == nil {
+		key = make([]byte, TokenKeySize)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("generating token key: %w", err)
+		}
+	}
+	k, err := newTokenKey(key)
+	if err != nil {
+		return nil, err
+	}
+	s.key = k
+	st, err := s.newState(cfg, src)
+	if err != nil {
+		return nil, err
+	}
+	s.state.Store(st)
+	return s, nil
+}
+
+// Update validates cfg and swaps it in atomically. On error nothing
+// changes. Tokens issued before stay valid (the key is not part of cfg);
+// requests in flight finish with the configuration they started with.
+func (s *Server) Update(cfg Config, src CredentialSource) error {
+	st, err := s.newState(cfg, src)
+	if err != nil {
+		return err
+	}
+	s.state.Store(st)
+	return nil
+}
+
+func (s *Server) newState(cfg Config, src CredentialSource) (*state, error) {
+	if src == nil {
+		return nil, errors.New("credential source is nil")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("validating imds config: %w", err)
+	}
+	var host HostFacts
+	if s.host != nil {
+		host = *s.host
+	} else {
+		host = DiscoverHost(cfg.MachineIDPath)
+	}
+	now := s.now()
+	d, err := resolve(cfg, host, now)
+	if err != nil {
+		return nil, err
+	}
+	var dir map[string][]byte
+	if cfg.MetadataDir != "" {
+		if dir, err = readMetadataDir(cfg.MetadataDir); err != nil {
+			return nil, err
+		}
+	}
+	t, err := build(leaves(cfg, d, dir))
+	if err != nil {
+		return nil, fmt.Errorf("building metadata tree: %w", err)
+	}
+	st := &state{
+		cfg:      cfg,
+		src:      src,
+		required: cfg.TokenMode != TokenOptional,
+		tree:     t,
+		d:        d,
+		hosts:    cfg.AllowedHosts,
+		infoFall: newResponse(iamInfo(d, now), hdrTextPlain),
+	}
+	return st, nil
+}
+
+func iamInfo(d derived, updated time.Time) []byte {
+	return renderJSON([]jsonField{
+		{"Code", str("Success")},
+		{"LastUpdated", str(timestamp(updated))},
+		{"InstanceProfileArn", str(d.profileARN)},
+		{"InstanceProfileId", str(d.profileID)},
+	})
+}
+
+func (st *state) render(c credentials.Credentials) *credDocs {
+	account := c.AccountID
+	if account == "" {
+		account = st.d.role.account
+	}
+	fields := []jsonField{
+		{"Code", str("Success")},
+		{"LastUpdated", str(timestamp(c.LastUpdated))},
+		{"Type", str("AWS-HMAC")},
+		{"AccessKeyId", str(c.AccessKeyID)},
+		{"SecretAccessKey", str(c.SecretAccessKey)},
+		{"Token", str(c.SessionToken)},
+		{"Expiration", str(timestamp(c.Expires))},
+	}
+	return &credDocs{
+		creds:    c,
+		legacy:   newResponse(renderJSON(fields), hdrTextPlain),
+		extended: newResponse(renderJSON(append(fields, jsonField{"AccountId", str(account)})), hdrTextPlain),
+		info:     newResponse(iamInfo(st.d, c.LastUpdated), hdrTextPlain),
+	}
+}
+
+func sameCreds(a, b *credentials.Credentials) bool {
+	return a.AccessKeyID == b.AccessKeyID && a.SecretAccessKey == b.SecretAccessKey &&
+		a.SessionToken == b.SessionToken && a.Expires.Equal(b.Expires) &&
+		a.LastUpdated.Equal(b.LastUpdated) && a.AccountID == b.AccountID && a.RoleARN == b.RoleARN
+}
+
+// Reasons a set from the source is not served even without an error.
+var (
+	errIncomplete = errors.New("credential set has an empty key, secret or session token")
+	errExpired    = errors.New("credential set has expired")
+)
+
+// credentials returns the rendered documents for the source's current set,
+// or the reason there is none to serve.
+func (s *Server) credentials(st *state, now time.Time) (*credDocs, error) {
+	c, err := st.src.Current()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case c.AccessKeyID == "" || c.SecretAccessKey == "" || c.SessionToken == "":
+		return nil, errIncomplete
+	case !c.Expires.After(now):
+		return nil, errExpired
+	case c.RoleARN != "" && c.RoleARN != st.cfg.RoleARN:
+		return nil, errNoRole
+	}
+	docs := st.docs.Load()
+	if docs == nil || !sameCreds(&docs.creds, &c) {
+		docs = st.render(c)
+		st.docs.Store(docs)
+	}
+	return docs, nil
+}
+
+// warnEvery rate-limits the "credentials unavailable" log; the observer
+// still sees every occurrence.
+const warnEvery = 10 * time.Second
+
+func (s *Server) unavailable(err error, now time.Time) {
+	s.obs.CredentialsUnavailable(err)
+	last := s.lastWarn.Load()
+	if n := now.UnixNano(); n-last >= int64(warnEvery) && s.lastWarn.CompareAndSwap(last, n) {
+		s.log.Warn("credentials unavailable, answering 500", "err", err)
+	}
+}
+
+// Static header values, shared by every response and never modified.
+var (
+	hdrServer      = []string{"EC2ws"}
+	hdrAcceptNone  = []string{"none"}
+	hdrTextHTML    = []string{"text/html"}
+	hdrAllowGet    = []string{"GET, HEAD"}
+	hdrAllowPut    = []string{"PUT"}
+	ttlHeaderCache [MaxTokenTTL + 1]atomic.Pointer[[]string]
+)
+
+// Canonical header keys, used for direct map access without allocating.
+const (
+	hToken         = "X-Aws-Ec2-Metadata-Token"
+	hTokenTTL      = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+	hForwardedFor  = "X-Forwarded-For"
+	hContentType   = "Content-Type"
+	hContentLength = "Content-Length"
+)
+
+// ttlHeader returns the shared header value for n seconds, building each of
+// the at most MaxTokenTTL+1 values once.
+func ttlHeader(n int64) []string {
+	if n < 0 || n > MaxTokenTTL {
+		return []string{strconv.FormatInt(n, 10)}
+	}
+	if p := ttlHeaderCache[n].Load(); p != nil {
+		return *p
+	}
+	v := []string{strconv.FormatInt(n, 10)}
+	ttlHeaderCache[n].Store(&v)
+	return v
+}
+
+// errorPage renders EC2's XHTML error page for status.
+func errorPage(status int) response {
+	title := strconv.Itoa(status) + " - " + http.StatusText(status)
+	body := `<?xml version="1.0" encoding="iso-8859-1"?>
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
+	"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">
+ <head>
+  <title>` + title + `</title>
+ </head>
+ <body>
+  <h1>` + title + `</h1>
+ </body>
+</html>`
+	return newResponse([]byte(body), hdrTextHTML)
+}
+
+var errorPages = map[int]response{}
+
+func init() {
+	for _, c := range []int{400, 401, 403, 404, 405, 500} {
+		errorPages[c] = errorPage(c)
+	}
+}
+
+// The endpoint's own addresses: traffic a host sends to 169.254.169.254 on
+// lo arrives with that source address.
+var (
+	endpointV4 = netip.MustParseAddr("169.254.169.254")
+	endpointV6 = netip.MustParseAddr("fd00:ec2::254")
+)
+
+func (st *state) sourceAllowed(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap().WithZone("")
+	if a.IsLoopback() || a == endpointV4 || a == endpointV6 {
+		return true
+	}
+	for _, p := range st.cfg.AllowedCIDRs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostAllowed is the DNS-rebinding check: a browser lured to a hostile
+// name that resolves to the endpoint still sends that name as Host. SDKs
+// send the endpoint's address, or with AWS_EC2_METADATA_SERVICE_ENDPOINT
+// whatever host that URL names, so loopback names and the address the
+// connection arrived on are accepted too, with any port. An empty Host
+// (HTTP/1.0) cannot come from a browser and is accepted.
+func (st *state) hostAllowed(r *http.Request) bool {
+	h := r.Host
+	if h == "" {
+		return true
+	}
+	h = stripPort(h)
+	h = strings.TrimSuffix(h, ".")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		a = a.Unmap().WithZone("")
+		if a.IsLoopback() || a == endpointV4 || a == endpointV6 {
+			return true
+		}
+		if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
+			if l, ok := netip.AddrFromSlice(la.IP); ok && l.Unmap() == a {
+				return true
+			}
+		}
+		return false
+	}
+	for _, a := range st.hosts {
+		if strings.EqualFold(h, a) {
+			return true
+		}
+	}
+	return false
+}
+
+func stripPort(h string) string {
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			return h[1:i]
+		}
+		return h
+	}
+	if i := strings.IndexByte(h, ':'); i >= 0 && strings.IndexByte(h[i+1:], ':') < 0 {
+		return h[:i]
+	}
+	return h
+}
+
+func isVersion(v string) bool {
+	for _, x := range versions {
+		if v == x {
+			return true
+		}
+	}
+	return false
+}
+
+func classify(rest string) string {
+	switch {
+	case rest == "meta-data/iam" || strings.HasPrefix(rest, "meta-data/iam/"):
+		return ClassCredentials
+	case rest == "meta-data" || strings.HasPrefix(rest, "meta-data/"):
+		return ClassMetadata
+	case rest == "dynamic" || strings.HasPrefix(rest, "dynamic/"):
+		return ClassDynamic
+	case rest == "user-data":
+		return ClassUserData
+	}
+	return ClassOther
+}
+
+// ServeHTTP answers one IMDS request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := s.state.Load()
+	class, status := s.serve(st, w, r)
+	s.obs.Request(class, status)
+	if s.log.Enabled(r.Context(), slog.LevelDebug) {
+		s.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("remote", r.RemoteAddr), slog.String("class", class), slog.Int("status", status))
+	}
+}
+
+func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (string, int) {
+	h := w.Header()
+	h["Server"] = hdrServer
+	path := strings.TrimLeft(r.URL.Path, "/")
+	version, rest, _ := strings.Cut(path, "/")
+	rest = strings.TrimSuffix(rest, "/")
+	class := ClassOther
+	known := isVersion(version)
+	if known {
+		class = classify(rest)
+	}
+	isToken := known && rest == "api/token"
+	if isToken {
+		class = ClassToken
+	}
+
+	if !st.sourceAllowed(r.RemoteAddr) || !st.hostAllowed(r) {
+		return class, s.fail(w, r, http.StatusForbidden)
+	}
+	if isToken && version == "latest" {
+		if r.Method != http.MethodPut {
+			h["Allow"] = hdrAllowPut
+			return class, s.fail(w, r, http.StatusMethodNotAllowed)
+		}
+		return class, s.issueToken(w, r)
+	}
+	if r.Method == http.MethodPut && isToken {
+		// Only /latest/api/token issues tokens (EC2 answers 403 here).
+		return class, s.fail(w, r, http.StatusForbidden)
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h["Allow"] = hdrAllowGet
+		return class, s.fail(w, r, http.StatusMethodNotAllowed)
+	}
+
+	now := s.now()
+	if v := r.Header[hToken]; len(v) > 0 && v[0] != "" {
+		exp, ok := s.key.verify(v[0])
+		left := exp - now.UnixNano()
+		if len(v) > 1 || !ok || left <= 0 {
+			return class, s.fail(w, r, http.StatusUnauthorized)
+		}
+		h[hTokenTTL] = ttlHeader((left + int64(time.Second) - 1) / int64(time.Second))
+	} else if st.required {
+		return class, s.fail(w, r, http.StatusUnauthorized)
+	}
+
+	if path == "" {
+		return class, s.write(w, r, http.StatusOK, rootListing)
+	}
+	if !known {
+		return class, s.fail(w, r, http.StatusNotFound)
+	}
+	n := st.tree[rest]
+	if n == nil {
+		return class, s.fail(w, r, http.StatusNotFound)
+	}
+	switch n.kind {
+	case kindStatic:
+		return class, s.write(w, r, http.StatusOK, n.resp)
+	case kindIAMInfo:
+		if docs, err := s.credentials(st, now); err == nil {
+			return class, s.write(w, r, http.StatusOK, docs.info)
+		}
+		return class, s.write(w, r, http.StatusOK, st.infoFall)
+	}
+	docs, err := s.credentials(st, now)
+	if err != nil {
+		// 500, never 200 with Code Success: every SDK treats it as "no
+		// credentials" (botocore after its attempts, Go retries then
+		// errors, JS errors, Java errors without a legacy fallback, which
+		// only a 404 would trigger).
+		s.unavailable(err, now)
+		return class, s.fail(w, r, http.StatusInternalServerError)
+	}
+	if n.kind == kindExtended {
+		return class, s.write(w, r, http.StatusOK, docs.extended)
+	}
+	return class, s.write(w, r, http.StatusOK, docs.legacy)
+}
+
+func (s *Server) write(w http.ResponseWriter, r *http.Request, status int, resp response) int {
+	h := w.Header()
+	h[hContentType] = resp.ctype
+	h[hContentLength] = resp.clen
+	h["Accept-Ranges"] = hdrAcceptNone
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(resp.body) // a client gone away is not our error
+	}
+	return status
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int) int {
+	delete(w.Header(), hTokenTTL)
+	return s.write(w, r, status, errorPages[status])
+}
+
+// issueToken answers PUT /latest/api/token.
+func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) int {
+	// A proxy in the path adds X-Forwarded-For; EC2 issues no token then.
+	// 400 (as rolesanywhere's serve does) is terminal for every SDK, where
+	// 403 would make them fall back to tokenless requests through the
+	// same proxy.
+	if _, ok := r.Header[hForwardedFor]; ok {
+		return s.fail(w, r, http.StatusBadRequest)
+	}
+	v := r.Header[hTokenTTL]
+	if len(v) != 1 {
+		return s.fail(w, r, http.StatusBadRequest)
+	}
+	ttl, ok := parseTokenTTL(v[0])
+	if !ok {
+		return s.fail(w, r, http.StatusBadRequest)
+	}
+	tok, err := s.key.issue(s.now().Add(time.Duration(ttl) * time.Second))
+	if err != nil {
+		s.log.Error("issuing token", "err", err)
+		return s.fail(w, r, http.StatusInternalServerError)
+	}
+	s.obs.TokenIssued()
+	w.Header()[hTokenTTL] = ttlHeader(int64(ttl))
+	return s.write(w, r, http.StatusOK, response{
+		body: []byte(tok), clen: []string{strconv.Itoa(len(tok))}, ctype: hdrTextPlain,
+	})
+}
