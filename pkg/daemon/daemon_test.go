@@ -37,6 +37,29 @@ type world struct {
 	entered, release chan struct{} // for a request held in the handler
 }
 
+// reloadAndWait sends a reload and waits for the READY=1 that ends it.
+func (w *world) reloadAndWait(reload chan Reload) {
+	w.t.Helper()
+	count := func() int {
+		n := 0
+		for _, e := range w.Events() {
+			if e == "notify:READY=1" {
+				n++
+			}
+		}
+		return n
+	}
+	before := count()
+	w.reloadAndWait(reload)
+	deadline := time.Now().Add(10 * time.Second)
+	for count() == before {
+		if time.Now().After(deadline) {
+			w.t.Fatal("reload did not finish within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func newWorld(t *testing.T) *world {
 	return &world{t: t, fail: map[string]error{}, ready: make(chan struct{})}
 }
@@ -342,7 +365,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := len(w.Events())
-	reload <- Reload{}
+	w.reloadAndWait(reload)
 	st, _, err = ReadStatus(context.Background(), sock) // served after the reload finished
 	if err != nil {
 		t.Fatal(err)
@@ -361,7 +384,7 @@ func TestReload(t *testing.T) {
 	// old engine stops only after.
 	writeConfig(t, path, "other", "")
 	before = len(w.Events())
-	reload <- Reload{}
+	w.reloadAndWait(reload)
 	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +401,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = len(w.Events())
-	reload <- Reload{}
+	w.reloadAndWait(reload)
 	st, _, err = ReadStatus(context.Background(), sock)
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +425,7 @@ func TestReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	before = len(w.Events())
-	reload <- Reload{}
+	w.reloadAndWait(reload)
 	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +449,7 @@ func TestReloadFetchFailureKeepsOldRole(t *testing.T) {
 	defer cancel()
 	w.setFail("fetch:denied", errors.New("AccessDenied"))
 	writeConfig(t, path, "denied", "")
-	reload <- Reload{}
+	w.reloadAndWait(reload)
 	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
 	if err != nil {
 		t.Fatal(err)
