@@ -97,6 +97,9 @@ type Deps struct {
 	ControlSocket string
 	// Version is reported in status.
 	Version string
+	// OnCredentials, when set, is told which engine serves from now on: at
+	// start and after every reload that changed it (for metrics).
+	OnCredentials func(CredentialEngine)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -178,6 +181,12 @@ func (r *runner) stop() {
 	}
 	r.cancel()
 	<-r.done
+}
+
+func (d *daemon) switched(c CredentialEngine) {
+	if d.deps.OnCredentials != nil {
+		d.deps.OnCredentials(c)
+	}
 }
 
 func (d *daemon) notify(state string) {
@@ -276,6 +285,7 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	d.serveErr = make(chan error, 4)
 	d.mu.Unlock()
 	d.serve(d.srv, ln)
+	d.switched(creds)
 	d.credsRun = startRunner(ctx, d.log, "credentials", creds.Run)
 	if network != nil {
 		d.netRun = startRunner(ctx, d.log, "network", network.Run)

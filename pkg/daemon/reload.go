@@ -116,6 +116,7 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		ln.Close()
 	}
 	if newCreds != creds {
+		d.switched(newCreds)
 		old := d.credsRun
 		d.credsRun = startRunner(ctx, d.log, "credentials", newCreds.Run)
 		old.stop()

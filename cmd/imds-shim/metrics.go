@@ -1,0 +1,121 @@
+package main
+
+import (
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/imds-shim/imds-shim/pkg/daemon"
+)
+
+// metrics implements the observers of pkg/imds, pkg/credentials and
+// pkg/netredirect with Prometheus collectors on a private registry.
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	byClass     map[string]*[600]atomic.Pointer[prometheus.Counter]
+	tokens      prometheus.Counter
+	unavailable prometheus.Counter
+	attempts    prometheus.Counter
+	failures    *prometheus.CounterVec
+	stsLatency  prometheus.Histogram
+	repairs     *prometheus.CounterVec
+	engine      atomic.Pointer[daemon.CredentialEngine]
+}
+
+// requestClasses are the path classes pkg/imds reports.
+var requestClasses = []string{"token", "credentials", "metadata", "dynamic", "userdata", "other"}
+
+func newMetrics(version string) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry(), byClass: map[string]*[600]atomic.Pointer[prometheus.Counter]{}}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_shim_requests_total", Help: "Metadata requests by path class and HTTP status.",
+	}, []string{"class", "code"})
+	for _, c := range requestClasses {
+		m.byClass[c] = new([600]atomic.Pointer[prometheus.Counter])
+	}
+	m.tokens = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "imds_shim_tokens_issued_total", Help: "IMDSv2 session tokens issued.",
+	})
+	m.unavailable = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "imds_shim_credentials_unavailable_total",
+		Help: "Credential requests answered with an error because no valid credentials existed.",
+	})
+	m.attempts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "imds_shim_refresh_attempts_total", Help: "STS calls made to obtain credentials.",
+	})
+	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_shim_refresh_failures_total", Help: "Failed STS calls by error class.",
+	}, []string{"reason"})
+	m.stsLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "imds_shim_sts_request_duration_seconds", Help: "Latency of STS calls.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+	m.repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_shim_network_repairs_total", Help: "Repairs of the address or rules after something removed them.",
+	}, []string{"what"})
+	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "imds_shim_credentials_expiry_seconds",
+		Help: "Seconds until the served credentials expire; 0 when none are served.",
+	}, m.secondsToExpiry)
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imds_shim_build_info", Help: "Always 1; labelled with the version.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	info.Set(1)
+	m.reg.MustRegister(m.requests, m.tokens, m.unavailable, m.attempts, m.failures, m.stsLatency, m.repairs, expiry, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Request implements imds.Observer. It runs on every request, so the
+// counter for a class and status is resolved once and then read lock-free.
+func (m *metrics) Request(class string, status int) {
+	arr, ok := m.byClass[class]
+	if !ok || status < 0 || status >= len(arr) {
+		m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
+		return
+	}
+	if c := arr[status].Load(); c != nil {
+		(*c).Inc()
+		return
+	}
+	c := m.requests.WithLabelValues(class, strconv.Itoa(status))
+	arr[status].Store(&c)
+	c.Inc()
+}
+
+// TokenIssued implements imds.Observer.
+func (m *metrics) TokenIssued() { m.tokens.Inc() }
+
+// CredentialsUnavailable implements imds.Observer.
+func (m *metrics) CredentialsUnavailable(error) { m.unavailable.Inc() }
+
+// RefreshAttempt implements credentials.Observer.
+func (m *metrics) RefreshAttempt() { m.attempts.Inc() }
+
+// RefreshFailed implements credentials.Observer.
+func (m *metrics) RefreshFailed(class string) { m.failures.WithLabelValues(class).Inc() }
+
+// STSLatency implements credentials.Observer.
+func (m *metrics) STSLatency(d time.Duration) { m.stsLatency.Observe(d.Seconds()) }
+
+// Repaired implements netredirect.Observer.
+func (m *metrics) Repaired(what string) { m.repairs.WithLabelValues(what).Inc() }
+
+func (m *metrics) setEngine(e daemon.CredentialEngine) { m.engine.Store(&e) }
+
+func (m *metrics) secondsToExpiry() float64 {
+	p := m.engine.Load()
+	if p == nil {
+		return 0
+	}
+	c, err := (*p).Current()
+	if err != nil {
+		return 0
+	}
+	return time.Until(c.Expires).Seconds()
+}
