@@ -1,0 +1,169 @@
+package netredirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Link modes accepted in Config.Link besides the name of an existing link.
+const (
+	LinkAuto  = "auto"  // the dummy link, or lo where the kernel has no dummy driver
+	LinkDummy = "dummy" // the dummy link; fail where the kernel has no dummy driver
+	LinkLo    = "lo"    // the loopback link
+)
+
+// Backends accepted in Config.Backend.
+const (
+	BackendAuto   = "auto"
+	BackendNFT    = "nft"
+	BackendLegacy = "legacy"
+)
+
+// Ownership markers. They are how Teardown and Cleanup recognise what
+// imds-shim installed, so they never change between versions.
+const (
+	// ChainPrefix starts the name of every chain imds-shim owns.
+	ChainPrefix = "IMDS-SHIM-"
+	// Comment is the iptables comment on every rule, for operators.
+	Comment = "imds-shim"
+	// LinkAlias is the alias (IFLA_IFALIAS) of the dummy link imds-shim creates.
+	LinkAlias = "imds-shim"
+	// LabelSuffix follows the link name in the label of our address
+	// ("lo:imds"); an address without it is never ours.
+	LabelSuffix = ":imds"
+)
+
+// Names of the owned chains.
+const (
+	natChain    = ChainPrefix + "OUTPUT"
+	filterChain = ChainPrefix + "FORWARD"
+)
+
+// Defaults of Config; DefaultConfig returns them all.
+var (
+	DefaultAddr             = netip.MustParseAddr("169.254.169.254")
+	DefaultTarget           = netip.MustParseAddrPort("127.0.0.1:8254")
+	DefaultPort      uint16 = 80
+	DefaultDummyName        = "imds0"
+	DefaultReconcile        = 10 * time.Second
+)
+
+// maxIfNameLen is the longest interface name (and address label) the kernel
+// accepts: IFNAMSIZ minus the terminating NUL.
+const maxIfNameLen = 15
+
+// Config says which address to claim, where, and where to send its traffic.
+// Zero fields take their defaults (WithDefaults).
+type Config struct {
+	// Addr is the IPv4 address claimed as a /32; 169.254.169.254 by default.
+	Addr netip.Addr
+	// Port is the tcp port of Addr that is redirected; 80 by default.
+	Port uint16
+	// Link is "auto", "dummy", "lo" or the name of an existing link that
+	// imds-shim will add the address to but never create or delete.
+	Link string
+	// DummyName is the name of the dummy link for "auto" and "dummy".
+	DummyName string
+	// Target is the daemon's listener the traffic is redirected to.
+	Target netip.AddrPort
+	// Backend is "auto", "nft" or "legacy".
+	Backend string
+	// ReconcileInterval is how often Run re-checks everything; 10 s by default.
+	ReconcileInterval time.Duration
+}
+
+// DefaultConfig returns a Config with every default filled in.
+func DefaultConfig() Config { return Config{}.WithDefaults() }
+
+// WithDefaults returns c with each zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if !c.Addr.IsValid() {
+		c.Addr = DefaultAddr
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	if c.Link == "" {
+		c.Link = LinkAuto
+	}
+	if c.DummyName == "" {
+		c.DummyName = DefaultDummyName
+	}
+	if !c.Target.IsValid() {
+		c.Target = DefaultTarget
+	}
+	if c.Backend == "" {
+		c.Backend = BackendAuto
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = DefaultReconcile
+	}
+	return c
+}
+
+// Validate reports every problem of c (after defaults) in one error.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	switch a := c.Addr; {
+	case !a.Is4():
+		bad("addr", "%s is not an IPv4 address (only IPv4 is supported)", a)
+	case a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		bad("addr", "%s cannot be claimed as a /32 (unspecified, loopback, multicast or broadcast)", a)
+	}
+	switch t := c.Target; {
+	case !t.Addr().Is4():
+		bad("target", "%s is not an IPv4 address and port", t)
+	case t.Port() == 0:
+		bad("target", "%s has port 0; the redirect needs a fixed port", t)
+	case t.Addr().IsUnspecified() || t.Addr().IsMulticast():
+		bad("target", "%s is not a unicast address", t)
+	case t == netip.AddrPortFrom(c.Addr, c.Port):
+		bad("target", "%s is the redirected address itself; the DNAT would loop", t)
+	}
+	switch c.Backend {
+	case BackendAuto, BackendNFT, BackendLegacy:
+	default:
+		bad("backend", "%q must be auto, nft or legacy", c.Backend)
+	}
+	if err := checkLinkName(c.DummyName); err != nil {
+		bad("dummy name", "%v", err)
+	}
+	switch c.Link {
+	case LinkAuto, LinkDummy, LinkLo:
+	default:
+		if err := checkLinkName(c.Link); err != nil {
+			bad("link", "must be auto, dummy, lo or a link name: %v", err)
+		}
+	}
+	if c.ReconcileInterval < 0 {
+		bad("reconcile interval", "%s is negative", c.ReconcileInterval)
+	}
+	return errors.Join(errs...)
+}
+
+// checkLinkName accepts a name the kernel would accept for a link and that
+// leaves room for LabelSuffix in the address label.
+func checkLinkName(name string) error {
+	switch {
+	case name == "", name == ".", name == "..":
+		return fmt.Errorf("%q is not a valid link name", name)
+	case strings.ContainsAny(name, "/: \t\n\x00"):
+		return fmt.Errorf("%q contains a character link names cannot have", name)
+	case len(name)+len(LabelSuffix) > maxIfNameLen:
+		return fmt.Errorf("%q is too long: the ownership label %q must fit in %d bytes", name, name+LabelSuffix, maxIfNameLen)
+	}
+	return nil
+}
+
+// label is the address label that marks our address on link.
+func label(link string) string { return link + LabelSuffix }
+
+// prefix is the address as the /32 that is installed.
+func (c Config) prefix() netip.Prefix { return netip.PrefixFrom(c.Addr, 32) }

@@ -1,0 +1,589 @@
+package netredirect
+
+// Tests against the real kernel. They run only as root, inside the private
+// network namespace that nstest.Main creates for this test binary, so they
+// never touch the host; they share that namespace, so they do not run in
+// parallel and each leaves it as it found it.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+var backends = []string{BackendNFT, BackendLegacy}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// iptablesSave returns the rules, user chains and non-ACCEPT policies of a
+// backend as iptables-save prints them. Empty built-in chains are dropped:
+// nft keeps a table once used, and the kernel keeps a legacy table once
+// listed, neither of which is anyone's rule.
+func iptablesSave(t testing.TB, backend string) string {
+	t.Helper()
+	var b strings.Builder
+	table, body := "", []string{}
+	flush := func() {
+		if len(body) > 0 {
+			fmt.Fprintf(&b, "*%s\n%s\n", table, strings.Join(body, "\n"))
+		}
+	}
+	for _, l := range strings.Split(run(t, "iptables-"+backend+"-save"), "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			flush()
+			table, body = l[1:], nil
+		case strings.HasPrefix(l, ":"):
+			f := strings.Fields(l)
+			if f[1] != "ACCEPT" {
+				body = append(body, f[0]+" "+f[1])
+			}
+		case strings.HasPrefix(l, "-"):
+			body = append(body, l)
+		}
+	}
+	flush()
+	return b.String()
+}
+
+var lftRE = regexp.MustCompile(`\s+valid_lft.*$`)
+
+// hostState is everything the package may touch: both backends' rules and
+// every link and IPv4 address.
+func hostState(t testing.TB) string {
+	t.Helper()
+	var b strings.Builder
+	for _, be := range backends {
+		fmt.Fprintf(&b, "## iptables-%s\n%s", be, iptablesSave(t, be))
+	}
+	b.WriteString("## ip addr\n")
+	for _, l := range strings.Split(strings.TrimSpace(run(t, "ip", "-o", "-4", "addr", "show")), "\n") {
+		b.WriteString(lftRE.ReplaceAllString(strings.Join(strings.Fields(l), " "), "") + "\n")
+	}
+	b.WriteString("## ip link\n")
+	for _, l := range strings.Split(strings.TrimSpace(run(t, "ip", "-o", "link", "show")), "\n") {
+		if i := strings.Index(l, "\\"); i > 0 {
+			l = l[:i]
+		}
+		b.WriteString(strings.TrimSpace(l) + "\n")
+	}
+	return b.String()
+}
+
+// sameHost fails t unless the host state equals before.
+func sameHost(t testing.TB, what, before string) {
+	t.Helper()
+	if d := cmp.Diff(before, hostState(t)); d != "" {
+		t.Errorf("%s: host state changed (-before +now):\n%s", what, d)
+	}
+}
+
+// cleanHost makes sure a failing test does not poison the next one.
+func cleanHost(t *testing.T) {
+	t.Cleanup(func() {
+		if err := Cleanup(context.Background(), testLogger(t)); err != nil {
+			t.Errorf("Cleanup at the end of the test: %v", err)
+		}
+	})
+}
+
+// listener serves a fixed answer on 127.0.0.1 and a random port.
+func listener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "imds-shim test listener, path %s", r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// get fetches http://169.254.169.254<path> on a fresh connection.
+func get(path string) (string, error) {
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	resp, err := c.Get("http://169.254.169.254" + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func mustGet(t *testing.T, path string) {
+	t.Helper()
+	body, err := get(path)
+	if err != nil {
+		t.Fatalf("GET http://169.254.169.254%s: %v", path, err)
+	}
+	if want := "imds-shim test listener, path " + path; body != want {
+		t.Fatalf("GET http://169.254.169.254%s = %q, want %q", path, body, want)
+	}
+}
+
+func mustNotGet(t *testing.T) {
+	t.Helper()
+	if body, err := get("/"); err == nil {
+		t.Fatalf("GET http://169.254.169.254/ answered %q with no redirect installed", body)
+	}
+}
+
+func newKernelRedirector(t *testing.T, cfg Config, obs Observer) *Redirector {
+	t.Helper()
+	r, err := New(cfg, Options{Logger: testLogger(t), Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestKernelRedirectBothBackends(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	target := listener(t)
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			before := hostState(t)
+			mustNotGet(t)
+			r := newKernelRedirector(t, Config{Link: LinkLo, Backend: be, Target: target}, nil)
+			start := time.Now()
+			if err := r.Setup(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("Setup (%s) took %v", be, time.Since(start))
+			mustGet(t, "/latest/meta-data/")
+			afterSetup := hostState(t)
+			if err := r.Setup(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			sameHost(t, "second Setup", afterSetup)
+			for _, want := range []string{
+				"-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT",
+				"-A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination " + target.String(),
+				"-A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD",
+				"inet 169.254.169.254/32 scope host lo:imds",
+			} {
+				if !strings.Contains(afterSetup, want) {
+					t.Errorf("host state after Setup lacks %q:\n%s", want, afterSetup)
+				}
+			}
+			other := BackendLegacy
+			if be == BackendLegacy {
+				other = BackendNFT
+			}
+			if s := iptablesSave(t, other); strings.Contains(s, "IMDS-SHIM") {
+				t.Errorf("rules went into the other backend %s too:\n%s", other, s)
+			}
+			st, err := r.Status(t.Context())
+			if err != nil || !st.OK() || st.Backend != be {
+				t.Errorf("Status (err %v):\n%s", err, st)
+			}
+			start = time.Now()
+			if err := r.Teardown(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("Teardown (%s) took %v", be, time.Since(start))
+			sameHost(t, "after Teardown", before)
+			mustNotGet(t)
+			if err := r.Teardown(t.Context()); err != nil {
+				t.Fatalf("second Teardown: %v", err)
+			}
+			sameHost(t, "after a second Teardown", before)
+		})
+	}
+}
+
+// dummySupported creates and deletes a dummy link to learn whether the
+// kernel has the driver.
+func dummySupported(t *testing.T) error {
+	t.Helper()
+	probe := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "imdsprobe0"}}
+	if err := netlink.LinkAdd(probe); err != nil {
+		return err
+	}
+	if err := netlink.LinkDel(probe); err != nil {
+		t.Fatal(err)
+	}
+	return nil
+}
+
+func TestKernelAutoLink(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	before := hostState(t)
+	target := listener(t)
+	r := newKernelRedirector(t, Config{Target: target}, nil) // link and backend auto
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, "/")
+	st, err := r.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLink := DefaultDummyName
+	if err := dummySupported(t); errors.Is(err, unix.EOPNOTSUPP) {
+		wantLink = LinkLo
+	}
+	if st.Link != wantLink || !st.OK() {
+		t.Errorf("auto link chose %q, want %q; status:\n%s", st.Link, wantLink, st)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Teardown", before)
+}
+
+func TestKernelDummyLink(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	if err := dummySupported(t); errors.Is(err, unix.EOPNOTSUPP) {
+		t.Skipf("skipping the dummy-link path: this kernel has no dummy driver (creating a dummy link: %v); "+
+			"Link \"auto\" falls back to lo here, which TestKernelAutoLink covers", err)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	cleanHost(t)
+	before := hostState(t)
+	target := listener(t)
+	r := newKernelRedirector(t, Config{Link: LinkDummy, Target: target}, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, "/")
+	l, err := netlink.LinkByName(DefaultDummyName)
+	if err != nil || l.Attrs().Alias != LinkAlias || l.Type() != "dummy" {
+		t.Fatalf("dummy link %v, err %v", l, err)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Teardown", before)
+}
+
+// TestKernelExistingLink puts the address on a veth, not lo: the DNAT to
+// 127.0.0.1 must work there too without route_localnet.
+func TestKernelExistingLink(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	before := hostState(t)
+	run(t, "ip", "link", "add", "imdsv0", "type", "veth", "peer", "name", "imdsv1")
+	vethGone := false
+	t.Cleanup(func() {
+		if !vethGone {
+			run(t, "ip", "link", "del", "imdsv0")
+		}
+	})
+	run(t, "ip", "link", "set", "imdsv0", "up")
+	run(t, "ip", "link", "set", "imdsv1", "up")
+	withVeth := hostState(t)
+	if rl := strings.TrimSpace(run(t, "sysctl", "-n", "net.ipv4.conf.all.route_localnet")); rl != "0" {
+		t.Fatalf("route_localnet is %s in the test namespace", rl)
+	}
+	target := listener(t)
+	r := newKernelRedirector(t, Config{Link: "imdsv0", Target: target}, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, "/via-veth")
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Teardown (the veth stays)", withVeth)
+	run(t, "ip", "link", "del", "imdsv0")
+	vethGone = true
+	sameHost(t, "after deleting the veth", before)
+}
+
+// timedObserver hands repairs to the test.
+type timedObserver struct{ ch chan string }
+
+func (o timedObserver) Repaired(what string) { o.ch <- what }
+
+// waitFor waits for the repairs in want, bounded by limit.
+func waitFor(t *testing.T, o timedObserver, limit time.Duration, want ...string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	got := map[string]bool{}
+	deadline := time.After(limit)
+	for {
+		done := true
+		for _, w := range want {
+			done = done && got[w]
+		}
+		if done {
+			return time.Since(start)
+		}
+		select {
+		case w := <-o.ch:
+			got[w] = true
+		case <-deadline:
+			t.Fatalf("within %v saw repairs %v, want %v", limit, got, want)
+		}
+	}
+}
+
+func TestKernelSelfHealing(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	target := listener(t)
+	const period = 250 * time.Millisecond
+	limit := 10 * period // the bound; a repair needs at most one period plus the work
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			ipt := "iptables-" + be
+			before := hostState(t)
+			obs := timedObserver{ch: make(chan string, 100)}
+			r := newKernelRedirector(t, Config{Link: LinkLo, Backend: be, Target: target, ReconcileInterval: period}, obs)
+			if err := r.Setup(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			runDone := make(chan error, 1)
+			go func() { runDone <- r.Run(ctx) }()
+			mustGet(t, "/")
+
+			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
+			d := waitFor(t, obs, limit, "nat/OUTPUT jump")
+			t.Logf("%s: flushed nat OUTPUT repaired after %v", be, d)
+			mustGet(t, "/after-flush")
+
+			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
+			run(t, ipt, "-t", "nat", "-F", natChain)
+			run(t, ipt, "-t", "nat", "-X", natChain)
+			run(t, ipt, "-t", "filter", "-D", "FORWARD", "-m", "comment", "--comment", Comment, "-j", filterChain)
+			run(t, ipt, "-t", "filter", "-F", filterChain)
+			run(t, ipt, "-t", "filter", "-X", filterChain)
+			d = waitFor(t, obs, limit, "nat/OUTPUT jump", "nat/"+natChain+" chain", "nat/"+natChain+" rules",
+				"filter/FORWARD jump", "filter/"+filterChain+" chain", "filter/"+filterChain+" rules")
+			t.Logf("%s: deleted chains repaired after %v", be, d)
+			mustGet(t, "/after-chain-delete")
+
+			run(t, "ip", "addr", "del", "169.254.169.254/32", "dev", "lo")
+			d = waitFor(t, obs, limit, "address 169.254.169.254/32 on lo")
+			t.Logf("%s: deleted address repaired after %v", be, d)
+			mustGet(t, "/after-addr-delete")
+
+			cancel()
+			if err := <-runDone; err != nil {
+				t.Errorf("Run = %v", err)
+			}
+			if err := r.Teardown(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			sameHost(t, "after Teardown", before)
+		})
+	}
+}
+
+const helperEnv = "IMDS_SHIM_NETREDIRECT_HELPER"
+
+// helperMain runs instead of the tests when the crash test starts this
+// binary as a stand-in daemon: optionally Cleanup, then Setup, then "ready"
+// on stdout, then wait to be killed.
+func helperMain() bool {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return false
+	}
+	ctx := context.Background()
+	if strings.Contains(mode, "cleanup") {
+		if err := Cleanup(ctx, nil); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			os.Exit(1)
+		}
+	}
+	r, err := New(Config{Link: LinkLo, Backend: BackendNFT, Target: netip.MustParseAddrPort(os.Getenv(helperEnv + "_TARGET"))}, Options{})
+	if err == nil {
+		err = r.Setup(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	select {}
+}
+
+// TestKernelCrashCycles starts a stand-in daemon 50 times and SIGKILLs it
+// each time, half of the time at a random moment of its start (a crash in
+// the middle of Setup), half after it is ready. The process group is killed,
+// as systemd kills the unit's cgroup, so no orphaned iptables command runs
+// on into the next start. Afterwards exactly one copy of each rule and of
+// the address must be installed.
+func TestKernelCrashCycles(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	before := hostState(t)
+	target := listener(t)
+	var readyTimes []time.Duration
+	start := func(mode string, killAfter time.Duration) {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperEnv+"_TARGET="+target.String())
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t1 := time.Now()
+		if killAfter > 0 {
+			// A crash point, not synchronisation: the result must be the
+			// same wherever the kill lands.
+			time.Sleep(killAfter)
+		} else if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			t.Fatalf("helper did not get ready: %q, %v", line, err)
+		} else {
+			readyTimes = append(readyTimes, time.Since(t1))
+		}
+		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	t0 := time.Now()
+	for i := range 50 {
+		mode := "setup"
+		if i%4 == 0 {
+			mode = "cleanup+setup" // as the daemon starts
+		}
+		var kill time.Duration
+		if i%2 == 1 {
+			kill = time.Duration(1+rng.IntN(200)) * time.Millisecond // Setup takes about 200 ms here
+		}
+		start(mode, kill)
+	}
+	start("setup", 0) // a last start that completes before its crash
+	t.Logf("51 start/SIGKILL cycles took %v; exec to ready (Setup over leftovers): %v", time.Since(t0), readyTimes)
+
+	got := iptablesSave(t, BackendNFT)
+	for _, rule := range Plan(Config{Target: target}) {
+		if n := strings.Count(got, rule.String()+"\n"); n != 1 {
+			t.Errorf("%d copies of %q after the crashes:\n%s", n, rule, got)
+		}
+	}
+	// 2 chain declarations, 2 jumps, 2 rules: nothing else of ours.
+	if n := strings.Count(got, "IMDS-SHIM"); n != 6 {
+		t.Errorf("unexpected rules of ours after the crashes:\n%s", got)
+	}
+	if s := iptablesSave(t, BackendLegacy); strings.Contains(s, "IMDS-SHIM") {
+		t.Errorf("legacy holds our rules:\n%s", s)
+	}
+	if n := strings.Count(run(t, "ip", "-4", "addr", "show"), "169.254.169.254/32"); n != 1 {
+		t.Errorf("%d copies of the address after the crashes", n)
+	}
+	if err := Cleanup(t.Context(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Cleanup", before)
+}
+
+func TestKernelCleanupKeepsCanaries(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	initial := hostState(t)
+	// Other software's state, some of it close to ours.
+	run(t, "iptables-nft", "-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+	run(t, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-m", "comment", "--comment", "imds-shim", "-j", "ACCEPT")
+	run(t, "iptables-nft", "-t", "nat", "-N", "SHIM-OUTPUT")
+	run(t, "ip", "addr", "add", "169.254.169.253/32", "dev", "lo")
+	run(t, "ip", "addr", "add", "169.254.169.252/32", "dev", "lo", "label", "lo:other")
+	t.Cleanup(func() {
+		run(t, "iptables-nft", "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+		run(t, "iptables-legacy", "-t", "filter", "-D", "INPUT", "-m", "comment", "--comment", "imds-shim", "-j", "ACCEPT")
+		run(t, "iptables-nft", "-t", "nat", "-X", "SHIM-OUTPUT")
+		run(t, "ip", "addr", "del", "169.254.169.253/32", "dev", "lo")
+		run(t, "ip", "addr", "del", "169.254.169.252/32", "dev", "lo")
+		sameHost(t, "after removing the canaries", initial)
+	})
+	before := hostState(t)
+	if err := Cleanup(t.Context(), testLogger(t)); err != nil {
+		t.Fatalf("Cleanup with nothing of ours: %v", err)
+	}
+	sameHost(t, "Cleanup with nothing of ours", before)
+
+	// Leftovers in both backends, as a crash and a backend switch leave them.
+	r := newKernelRedirector(t, Config{Link: LinkLo, Backend: BackendNFT}, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "iptables-legacy", "-t", "nat", "-N", natChain)
+	run(t, "iptables-legacy", "-t", "nat", "-A", natChain, "-p", "tcp", "-j", "DNAT", "--to-destination", "127.0.0.1:1")
+	run(t, "iptables-legacy", "-t", "nat", "-I", "OUTPUT", "-j", natChain)
+	start := time.Now()
+	if err := Cleanup(t.Context(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Cleanup of leftovers in both backends took %v", time.Since(start))
+	sameHost(t, "after Cleanup", before)
+}
+
+func TestKernelDetectBackend(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	alt := parseIPTablesVersion(run(t, "iptables", "-V"))
+	b, _, err := detectBackend(hostSystem(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No foreign rules in either backend (the other tests leave none): the
+	// alternative decides.
+	if b != alt {
+		t.Errorf("detected %q on an empty host, want the alternative's %q", b, alt)
+	}
+	other := BackendLegacy
+	if alt == BackendLegacy {
+		other = BackendNFT
+	}
+	run(t, "iptables-"+other, "-t", "filter", "-A", "INPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+	defer run(t, "iptables-"+other, "-t", "filter", "-D", "INPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+	if b, _, err = detectBackend(hostSystem(), testLogger(t)); err != nil || b != other {
+		t.Errorf("detected %q, %v with a rule in %s only; want %s", b, err, other, other)
+	}
+}
+
+func TestKernelRenderIsRestoreInput(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	for _, be := range backends {
+		cmd := exec.Command("iptables-"+be+"-restore", "--test", "--noflush")
+		cmd.Stdin = strings.NewReader(DefaultConfig().Render())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("iptables-%s-restore --test rejects Render's output: %v\n%s", be, err, out)
+		}
+	}
+}
