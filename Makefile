@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 BIN := bin/imds-shim
 GOTEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-unit lint vet staticcheck fmt-check clean
+.PHONY: all build test test-unit demo lint vet staticcheck fmt-check clean
 
 all: build
 
@@ -21,8 +21,14 @@ build:
 # root those tests skip and say so.
 test: build test-unit
 
-test-unit:
-	$(GO) test $(GOTEST_FLAGS) ./...
+test-unit: build
+	IMDS_SHIM_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
+
+# imds-shim's main job with no AWS account: the real daemon in a private
+# network namespace against the local STS emulator, and unconfigured AWS
+# CLIs getting credentials through 169.254.169.254. Needs root.
+demo: build
+	test/demo.sh $(BIN)
 
 lint: vet staticcheck fmt-check
 
@@ -37,3 +43,6 @@ fmt-check:
 
 clean:
 	rm -rf bin dist
+
+# Packages and the booted-systemd end-to-end test.
+-include packaging/packaging.mk

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -113,30 +114,61 @@ func networkConfig(c *config.Config) (netredirect.Config, error) {
 }
 
 // loadConfig reads the file and validates it with every package's own
-// rules, so that one `check` lists every problem.
+// rules, so that one `check` lists every problem, each once.
 func loadConfig(path string) (*config.Config, error) {
-	c, err := config.Load(path)
+	c, err := config.LoadUnvalidated(path)
 	if err != nil {
 		return nil, err
 	}
+	cfgErr := c.Validate()
 	cc := credentialsConfig(c)
-	errs := []error{cc.Validate()}
-	if ic, err := imdsConfig(c); err != nil {
+	credErr := cc.Validate()
+	errs := []error{cfgErr, credErr}
+	// The API and network packages check role_arn, imds.tokens and
+	// imds.listen again; substitute valid stand-ins for values already
+	// reported, so that their other findings still show and nothing shows
+	// twice.
+	v := *c
+	if credErr != nil {
+		v.RoleARN = "arn:aws:iam::123456789012:role/stand-in"
+	}
+	if cfgErr != nil {
+		d, _ := config.Decode([]byte("role_arn: x\n"))
+		v.IMDS.Listen, v.IMDS.Tokens, v.IMDS.HopLimit = d.IMDS.Listen, d.IMDS.Tokens, d.IMDS.HopLimit
+		v.Network = d.Network
+		v.IMDS.AllowedCIDRs = nil
+	}
+	if ic, err := imdsConfig(&v); err != nil {
 		errs = append(errs, err)
 	} else if err := ic.Validate(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("metadata: %w", err))
 	}
-	if c.ManageNetwork() {
-		nc, err := networkConfig(c)
+	if v.ManageNetwork() {
+		nc, err := networkConfig(&v)
 		if err == nil {
 			err = nc.Validate()
 		}
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", path, dedupe(err))
 	}
 	return c, nil
+}
+
+// dedupe drops a problem whose key was already reported.
+func dedupe(err error) error {
+	seen := map[string]bool{}
+	var out []error
+	for _, line := range strings.Split(err.Error(), "\n") {
+		key, _, ok := strings.Cut(line, ": ")
+		if ok && seen[key] && !strings.ContainsAny(key, " ") {
+			continue
+		}
+		seen[key] = true
+		out = append(out, errors.New(line))
+	}
+	return errors.Join(out...)
 }
 
 // handler adapts *imds.Server to daemon.Handler.
@@ -166,7 +198,10 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 
 func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps, error) {
 	m := newMetrics(version)
-	key, err := imds.LoadOrCreateTokenKey(filepath.Join(rtDir, "token.key"))
+	key, err := []byte(nil), os.MkdirAll(rtDir, 0o700)
+	if err == nil {
+		key, err = imds.LoadOrCreateTokenKey(filepath.Join(rtDir, "token.key"))
+	}
 	if err != nil {
 		// Tokens then live only as long as this process.
 		log.Warn("keeping the token key in memory only", "runtime_dir", rtDir, "err", err)

@@ -165,6 +165,33 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes b strictly, fills defaults and validates the result.
 func Parse(b []byte) (*Config, error) {
+	c, err := Decode(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// LoadUnvalidated reads and decodes the file at path and fills defaults,
+// leaving validation to the caller, who may add other packages' checks so
+// that every problem is reported at once.
+func LoadUnvalidated(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	c, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Decode decodes b strictly and fills defaults, without validating.
+func Decode(b []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -176,9 +203,6 @@ func Parse(b []byte) (*Config, error) {
 		return nil, errors.New("decoding: more than one YAML document")
 	}
 	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
 	return &c, nil
 }
 

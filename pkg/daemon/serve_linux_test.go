@@ -1,0 +1,428 @@
+// The real binary, as root, in a private network namespace against the moto
+// STS emulator: start-up, clients with no configuration reaching
+// 169.254.169.254, reload, stop, crash recovery and failed starts, each
+// checked against the namespace's state before.
+
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/imds-shim/imds-shim/pkg/internal/moto"
+	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary is the imds-shim under test: $IMDS_SHIM_BIN (make test builds
+// bin/imds-shim first), or a fresh build.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if p := os.Getenv("IMDS_SHIM_BIN"); p != "" {
+			binPath, buildErr = filepath.Abs(p)
+			return
+		}
+		dir, err := os.MkdirTemp("", "imds-shim-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "imds-shim")
+		out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/imds-shim").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+var builtinChains = map[string]bool{"INPUT": true, "OUTPUT": true, "FORWARD": true, "PREROUTING": true, "POSTROUTING": true}
+
+// netState is the namespace's addresses and iptables state in both
+// backends, normalised: counters and comments dropped, and the empty
+// built-in chains that iptables-nft leaves registered ignored (TESTENV.md).
+func netState(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	out, err := exec.Command("ip", "-o", "addr", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip addr: %v: %s", err, out)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			b.WriteString(regexp.MustCompile(`\s+`).ReplaceAllString(l, " ") + "\n")
+		}
+	}
+	out, _ = exec.Command("ip", "-o", "link", "show").CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			b.WriteString("link " + f[1] + "\n")
+		}
+	}
+	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+		out, err := exec.Command(save).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", save, err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			switch {
+			case strings.HasPrefix(l, "-A"):
+				b.WriteString(save + " " + l + "\n")
+			case strings.HasPrefix(l, ":"):
+				f := strings.Fields(l[1:])
+				if !builtinChains[f[0]] || f[1] != "ACCEPT" {
+					b.WriteString(save + " " + f[0] + " " + f[1] + "\n")
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+type env struct {
+	t      *testing.T
+	dir    string
+	moto   *moto.Server
+	notify *net.UnixConn
+	notes  chan string
+}
+
+func newEnv(t *testing.T) *env {
+	nstest.RequireRootNetns(t)
+	e := &env{t: t, dir: t.TempDir(), moto: moto.Start(t, "127.0.0.1"), notes: make(chan string, 100)}
+	// A root-owned source credentials file, as an operator would write.
+	if err := os.WriteFile(filepath.Join(e.dir, "credentials"),
+		[]byte("[default]\naws_access_key_id = AKIAINTEGRATIONTEST1\naws_secret_access_key = integration-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(e.dir, "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.notify = c
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case e.notes <- string(buf[:n]):
+			default:
+			}
+		}
+	}()
+	return e
+}
+
+func (e *env) writeConfig(role, extra string) string {
+	p := filepath.Join(e.dir, "imds-shim.yaml")
+	body := fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/%s\nsts_endpoint: %s\ncredentials_file: %s\nduration: 15m\nstart_timeout: 20s\n%s",
+		role, e.moto.URL, filepath.Join(e.dir, "credentials"), extra)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+type daemonProc struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+func (e *env) serve(cfg string) *daemonProc {
+	cmd := exec.Command(binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run"))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(e.dir, "notify.sock"))
+	d := &daemonProc{cmd: cmd, stderr: new(bytes.Buffer), done: make(chan error, 1)}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { d.done <- cmd.Wait() }()
+	e.t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-d.done
+		if e.t.Failed() {
+			e.t.Logf("daemon stderr:\n%s", d.stderr)
+		}
+	})
+	return d
+}
+
+// waitNote waits for a notify message starting with prefix.
+func (e *env) waitNote(prefix string, d *daemonProc) string {
+	e.t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case m := <-e.notes:
+			if strings.HasPrefix(m, prefix) {
+				return m
+			}
+		case err := <-d.done:
+			d.done <- err
+			e.t.Fatalf("daemon exited (%v) before %q:\n%s", err, prefix, d.stderr)
+		case <-timeout:
+			e.t.Fatalf("no %q from the daemon within 30s:\n%s", prefix, d.stderr)
+		}
+	}
+}
+
+func (d *daemonProc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-d.done:
+		d.done <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(30 * time.Second):
+		t.Fatalf("daemon did not exit within 30s:\n%s", d.stderr)
+		return -1
+	}
+}
+
+// imdsGet fetches path through 169.254.169.254 with an IMDSv2 token, as an
+// SDK does.
+func imdsGet(t *testing.T, path string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	req, _ := http.NewRequest(http.MethodPut, "http://169.254.169.254/latest/api/token", nil)
+	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	tok, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("token: %d %s", resp.StatusCode, tok)
+	}
+	req, _ = http.NewRequest(http.MethodGet, "http://169.254.169.254"+path, nil)
+	req.Header.Set("X-aws-ec2-metadata-token", string(tok))
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// awsCLI runs the AWS CLI with no configuration at all: an empty HOME and
+// no AWS_* variables. Its credentials can only come from 169.254.169.254.
+func awsCLI(t *testing.T, e *env, args ...string) string {
+	t.Helper()
+	aws := "/usr/bin/aws" // Debian's AWS CLI v2
+	if _, err := os.Stat(aws); err != nil {
+		if aws, err = exec.LookPath("aws"); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatal("no AWS CLI installed")
+			}
+			t.Skip("no AWS CLI installed")
+		}
+	}
+	home := filepath.Join(e.dir, "home")
+	os.MkdirAll(home, 0o700)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, aws, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %q: %v\n%s", aws, args, err, out)
+	}
+	return string(out)
+}
+
+func TestServe(t *testing.T) {
+	e := newEnv(t)
+	before := netState(t)
+	cfg := e.writeConfig("app", "")
+	d := e.serve(cfg)
+	ready := e.waitNote("READY=1", d)
+	if !strings.Contains(ready, "STATUS=serving app; credentials expire ") {
+		t.Errorf("READY message %q", ready)
+	}
+
+	code, body := imdsGet(t, "/latest/meta-data/iam/security-credentials/")
+	if code != 200 || body != "app" {
+		t.Fatalf("role listing = %d %q", code, body)
+	}
+	code, body = imdsGet(t, "/latest/meta-data/iam/security-credentials/app")
+	var doc struct{ Code, AccessKeyId, SecretAccessKey, Token, Expiration string }
+	if err := json.Unmarshal([]byte(body), &doc); code != 200 || err != nil || doc.Code != "Success" || !strings.HasPrefix(doc.AccessKeyId, "ASIA") {
+		t.Fatalf("credentials = %d %q (%v)", code, body, err)
+	}
+
+	// The AWS CLI, unconfigured, signs with what 169.254.169.254 served.
+	out := awsCLI(t, e, "sts", "get-caller-identity", "--endpoint-url", e.moto.URL, "--region", "us-east-1", "--output", "text", "--query", "Arn")
+	if !strings.Contains(out, "arn:aws:sts::123456789012:assumed-role/app/") {
+		t.Errorf("get-caller-identity: %q", out)
+	}
+
+	// status talks to the running daemon.
+	st, err := exec.Command(binary(t), "status", "--socket", filepath.Join(e.dir, "run", "control.sock")).CombinedOutput()
+	if err != nil || !strings.Contains(string(st), "role:        arn:aws:iam::123456789012:role/app") ||
+		!strings.Contains(string(st), "ok      address 169.254.169.254/32 on lo") {
+		t.Errorf("status: %v\n%s", err, st)
+	}
+
+	// SIGHUP with a changed role serves the new role.
+	e.writeConfig("other", "")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitNote("RELOADING=1", d)
+	if m := e.waitNote("READY=1", d); !strings.Contains(m, "serving other") {
+		t.Errorf("READY after reload: %q", m)
+	}
+	if code, body := imdsGet(t, "/latest/meta-data/iam/security-credentials/"); code != 200 || body != "other" {
+		t.Errorf("after reload, role listing = %d %q", code, body)
+	}
+	out = awsCLI(t, e, "sts", "get-caller-identity", "--endpoint-url", e.moto.URL, "--region", "us-east-1", "--output", "text", "--query", "Arn")
+	if !strings.Contains(out, "assumed-role/other/") {
+		t.Errorf("after reload get-caller-identity: %q", out)
+	}
+
+	// An invalid config on SIGHUP is rejected; the old one keeps serving.
+	if err := os.WriteFile(cfg, []byte("role_arn: not-an-arn\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitNote("RELOADING=1", d)
+	e.waitNote("READY=1", d)
+	if code, body := imdsGet(t, "/latest/meta-data/iam/security-credentials/"); code != 200 || body != "other" {
+		t.Errorf("after a rejected reload, role listing = %d %q", code, body)
+	}
+	if !strings.Contains(d.stderr.String(), "reload rejected") {
+		t.Errorf("no log line for the rejected reload")
+	}
+
+	// SIGTERM: STOPPING=1, exit 0, the namespace as it was.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	e.waitNote("STOPPING=1", d)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM:\n%s", code, d.stderr)
+	}
+	if diff := cmp.Diff(before, netState(t)); diff != "" {
+		t.Errorf("namespace changed by a serve/stop cycle (-before +after):\n%s", diff)
+	}
+	// No secret, ours or the served ones, ever reaches the logs.
+	for name, secret := range map[string]string{"source secret key": "integration-secret",
+		"served secret key": doc.SecretAccessKey, "served session token": doc.Token} {
+		if secret == "" || strings.Contains(d.stderr.String(), secret) {
+			t.Errorf("%s is empty or appears in the logs", name)
+		}
+	}
+}
+
+// TestServeFailuresChangeNothing: a bad config and an unreachable STS each
+// exit non-zero with their documented codes and leave the namespace as it was.
+func TestServeFailuresChangeNothing(t *testing.T) {
+	e := newEnv(t)
+	before := netState(t)
+	tests := []struct {
+		name, config string
+		code         int
+		want         []string
+	}{
+		{"bad config", "role_arn: arn:aws:iam::123:role/x\nimds:\n  tokens: sometimes\n  hop_limt: 2\n", 3,
+			[]string{`unknown key \"hop_limt\"`}},
+		{"bad values", "role_arn: arn:aws:iam::123:role/x\nduration: 1m\nimds:\n  tokens: sometimes\n", 3,
+			[]string{"role_arn", "duration", "imds.tokens"}},
+		{"sts down", fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/app\nsts_endpoint: http://127.0.0.1:1\ncredentials_file: %s\nstart_timeout: 3s\n",
+			filepath.Join(e.dir, "credentials")), 4, []string{"fetching first credentials", "connection refused"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(e.dir, "bad.yaml")
+			if err := os.WriteFile(p, []byte(tt.config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d := e.serve(p)
+			if code := d.wait(t); code != tt.code {
+				t.Errorf("exit code %d, want %d:\n%s", code, tt.code, d.stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(d.stderr.String(), w) {
+					t.Errorf("stderr lacks %q:\n%s", w, d.stderr)
+				}
+			}
+			if diff := cmp.Diff(before, netState(t)); diff != "" {
+				t.Errorf("a failed start changed the namespace (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestCrashThenCleanupAndRestart: after SIGKILL the address and rules stay;
+// `imds-shim cleanup` removes exactly them (twice is fine), and a start
+// after a crash ends with exactly one copy of each.
+func TestCrashThenCleanupAndRestart(t *testing.T) {
+	e := newEnv(t)
+	before := netState(t)
+	cfg := e.writeConfig("app", "")
+	d := e.serve(cfg)
+	e.waitNote("READY=1", d)
+	running := netState(t)
+	d.cmd.Process.Kill()
+	d.wait(t)
+	if got := netState(t); got != running {
+		t.Fatalf("state changed by SIGKILL?\n%s", cmp.Diff(running, got))
+	}
+
+	// Crash, then start again: the leftovers are cleaned, not duplicated.
+	d = e.serve(cfg)
+	e.waitNote("READY=1", d)
+	if diff := cmp.Diff(running, netState(t)); diff != "" {
+		t.Errorf("state after crash+restart differs from a clean start (-clean +restarted):\n%s", diff)
+	}
+	d.cmd.Process.Kill()
+	d.wait(t)
+
+	for i := range 2 {
+		out, err := exec.Command(binary(t), "cleanup").CombinedOutput()
+		if err != nil {
+			t.Fatalf("cleanup #%d: %v\n%s", i+1, err, out)
+		}
+		if diff := cmp.Diff(before, netState(t)); diff != "" {
+			t.Errorf("after cleanup #%d (-before +after):\n%s", i+1, diff)
+		}
+	}
+}
