@@ -46,3 +46,5 @@ clean:
 
 # Packages and the booted-systemd end-to-end test.
 -include packaging/packaging.mk
+# make bench: throughput, latency, footprint and lifecycle figures.
+-include test/bench/bench.mk
