@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,14 +87,31 @@ func hostState(t testing.TB) string {
 		b.WriteString(lftRE.ReplaceAllString(strings.Join(strings.Fields(l), " "), "") + "\n")
 	}
 	b.WriteString("## ip link\n")
-	for _, l := range strings.Split(strings.TrimSpace(run(t, "ip", "-o", "link", "show")), "\n") {
-		if i := strings.Index(l, "\\"); i > 0 {
-			l = l[:i]
+	for _, l := range strings.Split(strings.TrimSpace(run(t, "ip", "-o", "-d", "link", "show")), "\n") {
+		// Index, name, kind, admin state and alias; carrier and operational
+		// state settle asynchronously and are nobody's configuration.
+		m := linkRE.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("unexpected ip link line %q", l)
 		}
-		b.WriteString(strings.TrimSpace(l) + "\n")
+		up := slices.Contains(strings.Split(m[3], ","), "UP")
+		kind, alias := "", ""
+		if k := kindRE.FindStringSubmatch(l); k != nil {
+			kind = k[1]
+		}
+		if a := aliasRE.FindStringSubmatch(l); a != nil {
+			alias = a[1]
+		}
+		fmt.Fprintf(&b, "%s: %s kind=%s up=%t alias=%q\n", m[1], m[2], kind, up, alias)
 	}
 	return b.String()
 }
+
+var (
+	linkRE  = regexp.MustCompile(`^(\d+): (\S+): <([^>]*)>`)
+	kindRE  = regexp.MustCompile(`\\\s+(veth|dummy|bridge|vlan|macvlan)\s`)
+	aliasRE = regexp.MustCompile(`\balias (\S+)`)
+)
 
 // sameHost fails t unless the host state equals before.
 func sameHost(t testing.TB, what, before string) {
@@ -119,8 +137,9 @@ func listener(t *testing.T) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := ln.Addr().String()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "imds-shim test listener, path %s", r.URL.Path)
+		fmt.Fprintf(w, "listener %s, path %s", addr, r.URL.Path)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
@@ -139,13 +158,15 @@ func get(path string) (string, error) {
 	return string(b), err
 }
 
-func mustGet(t *testing.T, path string) {
+// mustGet fetches path through 169.254.169.254 and checks that target
+// answered.
+func mustGet(t *testing.T, target netip.AddrPort, path string) {
 	t.Helper()
 	body, err := get(path)
 	if err != nil {
 		t.Fatalf("GET http://169.254.169.254%s: %v", path, err)
 	}
-	if want := "imds-shim test listener, path " + path; body != want {
+	if want := "listener " + target.String() + ", path " + path; body != want {
 		t.Fatalf("GET http://169.254.169.254%s = %q, want %q", path, body, want)
 	}
 }
@@ -180,7 +201,7 @@ func TestKernelRedirectBothBackends(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("Setup (%s) took %v", be, time.Since(start))
-			mustGet(t, "/latest/meta-data/")
+			mustGet(t, target, "/latest/meta-data/")
 			afterSetup := hostState(t)
 			if err := r.Setup(t.Context()); err != nil {
 				t.Fatal(err)
@@ -222,6 +243,35 @@ func TestKernelRedirectBothBackends(t *testing.T) {
 	}
 }
 
+// TestKernelTargetChange is a config reload: a new Redirector with another
+// listener converges the rules of the old one instead of adding to them.
+func TestKernelTargetChange(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	before := hostState(t)
+	oldTarget, newTarget := listener(t), listener(t)
+	if err := newKernelRedirector(t, Config{Link: LinkLo, Target: oldTarget}, nil).Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	r := newKernelRedirector(t, Config{Link: LinkLo, Target: newTarget}, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, newTarget, "/")
+	st, err := r.Status(t.Context())
+	if err != nil || !st.OK() {
+		t.Errorf("Status after the target change (err %v):\n%s", err, st)
+	}
+	save := iptablesSave(t, BackendNFT) + iptablesSave(t, BackendLegacy)
+	if strings.Contains(save, oldTarget.String()) || strings.Count(save, "-j DNAT") != 1 {
+		t.Errorf("rules after the target change:\n%s", save)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Teardown", before)
+}
+
 // dummySupported creates and deletes a dummy link to learn whether the
 // kernel has the driver.
 func dummySupported(t *testing.T) error {
@@ -245,7 +295,7 @@ func TestKernelAutoLink(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	mustGet(t, "/")
+	mustGet(t, target, "/")
 	st, err := r.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +328,7 @@ func TestKernelDummyLink(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	mustGet(t, "/")
+	mustGet(t, target, "/")
 	l, err := netlink.LinkByName(DefaultDummyName)
 	if err != nil || l.Attrs().Alias != LinkAlias || l.Type() != "dummy" {
 		t.Fatalf("dummy link %v, err %v", l, err)
@@ -313,7 +363,7 @@ func TestKernelExistingLink(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	mustGet(t, "/via-veth")
+	mustGet(t, target, "/via-veth")
 	if err := r.Teardown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -369,12 +419,12 @@ func TestKernelSelfHealing(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			runDone := make(chan error, 1)
 			go func() { runDone <- r.Run(ctx) }()
-			mustGet(t, "/")
+			mustGet(t, target, "/")
 
 			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
 			d := waitFor(t, obs, limit, "nat/OUTPUT jump")
 			t.Logf("%s: flushed nat OUTPUT repaired after %v", be, d)
-			mustGet(t, "/after-flush")
+			mustGet(t, target, "/after-flush")
 
 			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
 			run(t, ipt, "-t", "nat", "-F", natChain)
@@ -385,12 +435,12 @@ func TestKernelSelfHealing(t *testing.T) {
 			d = waitFor(t, obs, limit, "nat/OUTPUT jump", "nat/"+natChain+" chain", "nat/"+natChain+" rules",
 				"filter/FORWARD jump", "filter/"+filterChain+" chain", "filter/"+filterChain+" rules")
 			t.Logf("%s: deleted chains repaired after %v", be, d)
-			mustGet(t, "/after-chain-delete")
+			mustGet(t, target, "/after-chain-delete")
 
 			run(t, "ip", "addr", "del", "169.254.169.254/32", "dev", "lo")
 			d = waitFor(t, obs, limit, "address 169.254.169.254/32 on lo")
 			t.Logf("%s: deleted address repaired after %v", be, d)
-			mustGet(t, "/after-addr-delete")
+			mustGet(t, target, "/after-addr-delete")
 
 			cancel()
 			if err := <-runDone; err != nil {

@@ -356,7 +356,11 @@ type subscription struct {
 func (r *Redirector) subscribe() *subscription {
 	s := &subscription{ch: make(chan netlink.AddrUpdate, 64), done: make(chan struct{})}
 	err := r.sys.links.AddrSubscribe(s.ch, s.done, func(err error) {
-		r.log.Warn("address subscription", "err", err)
+		select {
+		case <-s.done: // closing the socket on purpose makes the reader fail
+		default:
+			r.log.Warn("address subscription", "err", err)
+		}
 	})
 	if err != nil {
 		r.log.Warn("subscribing to address changes; relying on periodic checks", "err", err)
