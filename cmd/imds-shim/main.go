@@ -56,7 +56,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return cmdServe(rest, stderr)
+		return cmdServe(rest, stdout, stderr)
 	case "check":
 		return cmdCheck(rest, stdout, stderr)
 	case "cleanup":
@@ -75,27 +75,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// newFlags returns a flag set whose --help prints to stdout and exits 0,
-// and whose errors exit 2.
+// newFlags returns a flag set for a subcommand; parse handles its errors.
 func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: imds-shim %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {} // parse prints the usage, to stdout for --help
+	synopses[fs] = synopsis
 	return fs
 }
 
-// parse handles -h/--help (exit 0) and flag errors (exit 2); ok is false
-// when the caller should return code.
+var synopses = map[*flag.FlagSet]string{}
+
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintf(w, "Usage: imds-shim %s\n\nFlags:\n", synopses[fs])
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+}
+
+// parse handles -h/--help (usage on stdout, exit 0) and flag errors (usage
+// on stderr, exit 2); ok is false when the caller should return code.
 func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
+			printUsage(fs, stdout)
 			return 0, false
 		}
+		printUsage(fs, fs.Output())
 		return daemon.ExitUsage, false
 	}
 	if fs.NArg() > 0 {
@@ -114,12 +121,12 @@ func runtimeDir() string {
 	return "/run/imds-shim"
 }
 
-func cmdServe(args []string, stderr io.Writer) int {
+func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", "serve [-c FILE]", stderr)
 	cfgPath := fs.String("c", config.DefaultPath, "configuration `file`")
 	fs.StringVar(cfgPath, "config", config.DefaultPath, "configuration `file` (same as -c)")
 	rt := fs.String("runtime-dir", runtimeDir(), "`dir`ectory for the token key and control socket")
-	if code, ok := parse(fs, args, stderr); !ok {
+	if code, ok := parse(fs, args, stdout); !ok {
 		return code
 	}
 	logs := newLogging(stderr, *cfgPath)

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestCLI(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("imds: {tokens: x}\nduration: 1m\n"), 0o600)
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("role_arn: arn:aws:iam::123456789012:role/app\nnetwork: {manage: false}\n"), 0o600)
+	tests := []struct {
+		args     []string
+		code     int
+		out, err string
+		notOut   string
+	}{
+		{nil, 2, "", "Usage:", ""},
+		{[]string{"help"}, 0, "Exit codes:", "", ""},
+		{[]string{"--help"}, 0, "imds-shim serve", "", ""},
+		{[]string{"version"}, 0, "imds-shim ", "", ""},
+		{[]string{"bogus"}, 2, "", `unknown command "bogus"`, ""},
+		{[]string{"serve", "--help"}, 0, "configuration", "", ""},
+		{[]string{"check", "-h"}, 0, "-no-sts", "", ""},
+		{[]string{"cleanup", "--help"}, 0, "Usage: imds-shim cleanup", "", ""},
+		{[]string{"status", "--help"}, 0, "-json", "", ""},
+		{[]string{"serve", "--nope"}, 2, "", "flag provided but not defined", ""},
+		{[]string{"check", "-c", good, "extra"}, 2, "", `unexpected argument "extra"`, ""},
+		{[]string{"check", "-c", filepath.Join(dir, "missing.yaml")}, 3, "", "reading config", ""},
+		{[]string{"check", "-c", bad}, 3, "", "imds.tokens", ""},
+		{[]string{"check", "-c", good, "--no-sts"}, 0, "network:   not managed", "", "network plan"},
+		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "", "is imds-shim running?", ""},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(tt.args, &out, &errb)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, &out, &errb)
+			}
+			if !strings.Contains(out.String(), tt.out) || !strings.Contains(errb.String(), tt.err) {
+				t.Errorf("stdout %q want %q; stderr %q want %q", out.String(), tt.out, errb.String(), tt.err)
+			}
+			if tt.notOut != "" && strings.Contains(out.String(), tt.notOut) {
+				t.Errorf("stdout has %q", tt.notOut)
+			}
+		})
+	}
+}
+
+// TestCheckListsEveryProblemOnce: config, credentials and API findings all
+// appear in one run, none twice.
+func TestCheckListsEveryProblemOnce(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("imds: {tokens: x}\nduration: 1m\nmetadata: {instance_id: bogus}\n"), 0o600)
+	_, err := loadConfig(p)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	for _, want := range []string{"role_arn: required", "imds.tokens", "duration: 1m0s", "bogus"} {
+		if strings.Count(msg, want) != 1 {
+			t.Errorf("%q appears %d times in:\n%s", want, strings.Count(msg, want), msg)
+		}
+	}
+}
+
+func TestMetricsObserver(t *testing.T) {
+	m := newMetrics("test")
+	for range 3 {
+		m.Request("credentials", 200)
+	}
+	m.Request("token", 400)
+	m.Request("unexpected-class", 999)
+	m.RefreshFailed("throttling")
+	m.Repaired("address")
+	m.CredentialsUnavailable(errors.New("x"))
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("credentials", "200")); got != 3 {
+		t.Errorf("credentials/200 = %v", got)
+	}
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("unexpected-class", "999")); got != 1 {
+		t.Errorf("odd class counted %v", got)
+	}
+	if got := testutil.ToFloat64(m.failures.WithLabelValues("throttling")); got != 1 {
+		t.Errorf("failures = %v", got)
+	}
+	if got := testutil.ToFloat64(m.unavailable); got != 1 {
+		t.Errorf("unavailable = %v", got)
+	}
+	if n, err := testutil.GatherAndCount(m.reg, "imds_shim_credentials_expiry_seconds", "imds_shim_build_info"); err != nil || n != 2 {
+		t.Errorf("gather: %d %v", n, err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { m.Request("credentials", 200) }); allocs != 0 {
+		t.Errorf("Request allocates %v times per call on the hot path", allocs)
+	}
+}
