@@ -294,9 +294,13 @@ func renderJSON(fields []jsonField) []byte {
 	return b.Bytes()
 }
 
+// writeJSONString writes s as a JSON string. HTML characters stay as they
+// are (IMDS is not a web page); control characters and quotes are escaped.
 func writeJSONString(b *bytes.Buffer, s string) {
-	q, _ := json.Marshal(s) // a string always marshals
-	b.Write(q)
+	enc := json.NewEncoder(b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)       // a string always encodes
+	b.Truncate(b.Len() - 1) // Encode's newline
 }
 
 func str(s string) *string { return &s }

@@ -1,0 +1,105 @@
+package imds
+
+import (
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// acceptedHops dials ln and returns IP_TTL and, for IPv6 sockets,
+// IPV6_UNICAST_HOPS as read back from the accepted socket.
+func acceptedHops(t *testing.T, ln net.Listener) (ttl, hops int) {
+	t.Helper()
+	c, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer a.Close()
+	rc, err := a.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hops = -1
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		ttl, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL)
+		if d, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN); d == unix.AF_INET6 && gerr == nil {
+			hops, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatalf("getsockopt: %v", gerr)
+	}
+	return ttl, hops
+}
+
+func TestListenHopLimit(t *testing.T) {
+	for _, hop := range []int{1, 2, 64} {
+		ln, err := Listen("tcp4", "127.0.0.1:0", hop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttl, _ := acceptedHops(t, ln)
+		ln.Close()
+		if ttl != hop {
+			t.Errorf("hop limit %d: accepted socket IP_TTL = %d", hop, ttl)
+		}
+	}
+	ln6, err := Listen("tcp6", "[::1]:0", 3)
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer ln6.Close()
+	if _, hops := acceptedHops(t, ln6); hops != 3 {
+		t.Errorf("IPv6 accepted socket IPV6_UNICAST_HOPS = %d, want 3", hops)
+	}
+}
+
+// The accepted socket gets the limit even if the listener's was changed
+// after Listen, so it does not rest on inheritance alone.
+func TestListenSetsEachConn(t *testing.T) {
+	ln, err := Listen("tcp4", "127.0.0.1:0", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rc, err := ln.(*hopListener).Listener.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, 64) })
+	if ttl, _ := acceptedHops(t, ln); ttl != 5 {
+		t.Errorf("accepted socket IP_TTL = %d, want 5", ttl)
+	}
+}
+
+func TestListenErrors(t *testing.T) {
+	for _, tc := range []struct {
+		network, addr string
+		hop           int
+		want          string
+	}{
+		{"tcp", "127.0.0.1:0", 0, "hop limit 0"},
+		{"tcp", "127.0.0.1:0", 65, "hop limit 65"},
+		{"unix", "/tmp/x.sock", 1, `network "unix"`},
+		{"tcp", "256.0.0.1:0", 1, "listening on 256.0.0.1:0"},
+	} {
+		ln, err := Listen(tc.network, tc.addr, tc.hop)
+		if err == nil {
+			ln.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Listen(%q, %q, %d) = %v, want error with %q", tc.network, tc.addr, tc.hop, err, tc.want)
+		}
+	}
+}
