@@ -271,7 +271,6 @@ func (s *Server) unavailable(err error, now time.Time) {
 var (
 	hdrServer      = []string{"EC2ws"}
 	hdrAcceptNone  = []string{"none"}
-	hdrTextHTML    = []string{"text/html"}
 	hdrAllowGet    = []string{"GET, HEAD"}
 	hdrAllowPut    = []string{"PUT"}
 	ttlHeaderCache [MaxTokenTTL + 1]atomic.Pointer[[]string]
@@ -300,7 +299,9 @@ func ttlHeader(n int64) []string {
 	return v
 }
 
-// errorPage renders EC2's XHTML error page for status.
+// errorPage renders EC2's XHTML error page for status. Like every IMDS
+// response it is served as text/plain (a captured EC2 405 on the token path
+// says Content-Type: text/plain too).
 func errorPage(status int) response {
 	title := strconv.Itoa(status) + " - " + http.StatusText(status)
 	body := `<?xml version="1.0" encoding="iso-8859-1"?>
@@ -314,7 +315,7 @@ func errorPage(status int) response {
   <h1>` + title + `</h1>
  </body>
 </html>`
-	return newResponse([]byte(body), hdrTextHTML)
+	return newResponse([]byte(body), hdrTextPlain)
 }
 
 var errorPages = map[int]response{}
