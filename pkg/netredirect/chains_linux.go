@@ -184,8 +184,13 @@ func removeOwned(ipt iptablesAPI, table string) ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
-// countForeign counts the rules in table that are not ours, for backend
-// detection. A table that is not present counts as empty.
+// detectTables are the tables whose contents show which backend other
+// software uses: Docker and firewalls fill nat and filter, and kubelet marks
+// its backend with an empty KUBE-IPTABLES-HINT chain in mangle.
+var detectTables = []string{"nat", "filter", "mangle"}
+
+// countForeign counts the rules and user chains in table that are not ours,
+// for backend detection. A table that is not present counts as empty.
 func countForeign(ipt iptablesAPI, table string) (int, error) {
 	present, err := ipt.TablePresent(table)
 	if err != nil || !present {
@@ -196,17 +201,27 @@ func countForeign(ipt iptablesAPI, table string) (int, error) {
 		return 0, err
 	}
 	n := 0
-	for chain, specs := range st.rules {
+	for _, chain := range st.chains {
 		if owned(chain) {
 			continue
 		}
-		for _, s := range specs {
+		if !slices.Contains(builtins[table], chain) {
+			n++
+		}
+		for _, s := range st.rules[chain] {
 			if !owned(jumpTarget(s)) {
 				n++
 			}
 		}
 	}
 	return n, nil
+}
+
+// builtins are the built-in chains of the tables the package reads.
+var builtins = map[string][]string{
+	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	"filter": {"INPUT", "FORWARD", "OUTPUT"},
+	"mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 }
 
 func deleteSpec(ipt iptablesAPI, table, chain, spec string) error {

@@ -43,8 +43,9 @@
 // iptables-nft and iptables-legacy program different kernel tables that are
 // both active at once, so rules must go where the host's other software puts
 // theirs and never into both. With Config.Backend "auto" the backend holding
-// more rules (other than ours) in the nat and filter tables wins, as the
-// kube-proxy/Debian iptables wrappers decide; on a tie (typically an empty
+// more rules and user chains (other than ours) in the nat, filter and mangle
+// tables wins, much as the Kubernetes iptables wrappers decide (kubelet's
+// empty KUBE-IPTABLES-HINT chain in mangle counts); on a tie (typically an empty
 // host) the mode of the `iptables` alternative (`iptables -V` says
 // "(nf_tables)" or "(legacy)") decides, and nft when that is unknown. Legacy
 // tables are only inspected when /proc/net/ip_tables_names lists them, because
@@ -56,7 +57,8 @@
 // systemd-networkd dropping foreign addresses): it reacts to address removals
 // through a netlink subscription and re-checks everything every
 // Config.ReconcileInterval, converging the owned chains to exactly the planned
-// rules. Each repair is logged and reported to the Observer. Setup does not
+// rules and the link to exactly the planned address (a labelled address left
+// from an earlier Addr is removed). Each repair is logged and reported to the Observer. Setup does not
 // fight other programs over rule order: the jump is inserted first, but a rule
 // that kube-proxy or Docker later inserts in front of it is left alone.
 //

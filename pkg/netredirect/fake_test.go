@@ -48,10 +48,7 @@ type fakeIPTError struct {
 func (e *fakeIPTError) Error() string    { return e.msg }
 func (e *fakeIPTError) IsNotExist() bool { return e.notExist }
 
-var builtinChains = map[string][]string{
-	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
-	"filter": {"INPUT", "FORWARD", "OUTPUT"},
-}
+var builtinChains = builtins
 
 // fakeTable is one table as the kernel holds it.
 type fakeTable struct {

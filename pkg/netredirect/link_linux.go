@@ -168,8 +168,26 @@ func ensureAddr(links linksAPI, lp linkPlan, p netip.Prefix, j *journal) ([]stri
 			changes = append(changes, "link "+lp.name+" up")
 		}
 	}
-	if a, err := findAddr(links, l, p); err != nil || a != nil {
-		return changes, err
+	addrs, err := links.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return changes, fmt.Errorf("listing addresses of %s: %w", lp.name, err)
+	}
+	present := false
+	for _, a := range addrs {
+		switch {
+		case prefixOf(a) == p:
+			present = true
+		case a.Label == label(lp.name):
+			// Ours from an earlier configuration (another Addr): the
+			// plan no longer has it.
+			if err := delOne(links, l, &a); err != nil {
+				return changes, err
+			}
+			changes = append(changes, "stale address "+prefixOf(a).String()+" on "+lp.name)
+		}
+	}
+	if present {
+		return changes, nil
 	}
 	addr := &netlink.Addr{IPNet: ipNet(p), Label: label(lp.name), Scope: unix.RT_SCOPE_HOST}
 	err = links.AddrAdd(l, addr)

@@ -228,6 +228,12 @@ func TestKernelRedirectBothBackends(t *testing.T) {
 			if err != nil || !st.OK() || st.Backend != be {
 				t.Errorf("Status (err %v):\n%s", err, st)
 			}
+			// As `imds-shim status` sees it from another process.
+			st, err = newKernelRedirector(t, Config{Link: LinkLo, Backend: be, Target: target}, nil).Status(t.Context())
+			if err != nil || !st.OK() || !st.AddrOwned {
+				t.Errorf("Status of a fresh Redirector (err %v):\n%s", err, st)
+			}
+			sameHost(t, "Status", afterSetup)
 			start = time.Now()
 			if err := r.Teardown(t.Context()); err != nil {
 				t.Fatal(err)

@@ -215,7 +215,7 @@ func detectBackend(sys system, log *slog.Logger) (string, iptablesAPI, error) {
 			return "", nil, fmt.Errorf("opening iptables backend %s: %w", b, err)
 		}
 		n := 0
-		for _, t := range tables {
+		for _, t := range detectTables {
 			c, err := countForeign(ipt, t)
 			if err != nil {
 				return "", nil, fmt.Errorf("counting rules of backend %s: %w", b, err)

@@ -259,6 +259,25 @@ func TestSetupConvergesAfterTargetChange(t *testing.T) {
 	}
 }
 
+func TestSetupConvergesAfterAddrChange(t *testing.T) {
+	h := withCanaries(newFakeHost(false, BackendNFT))
+	before := h.String()
+	if err := newTestRedirector(t, h, Config{Link: LinkLo, Addr: netip.MustParseAddr("169.254.170.2")}, nil).Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	r := newTestRedirector(t, h, Config{Link: LinkLo}, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.links.String(); strings.Contains(got, "169.254.170.2") || !strings.Contains(got, "169.254.169.254/32 scope 254 label lo:imds") {
+		t.Errorf("addresses after the Addr change:\n%s", got)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	diffState(t, "after Teardown", before, h.String())
+}
+
 func TestSetupPurgesOtherBackend(t *testing.T) {
 	h := withCanaries(newFakeHost(false, BackendNFT, BackendLegacy))
 	legacyBefore := h.ipt[BackendLegacy].String()
@@ -451,6 +470,13 @@ func TestDetectBackendIgnoresOurRulesAndDoesNotTouchLegacy(t *testing.T) {
 	b, _, err = detectBackend(h2.system(), testLogger(t))
 	if err != nil || b != BackendLegacy {
 		t.Errorf("detectBackend with a foreign legacy rule = %q, %v; want legacy", b, err)
+	}
+	// kubelet's hint: an empty chain in mangle outweighs nothing at all.
+	h4 := newFakeHost(false, BackendNFT, BackendLegacy)
+	h4.alternative = BackendLegacy
+	h4.ipt[BackendNFT].add("mangle", "KUBE-IPTABLES-HINT")
+	if b, _, err = detectBackend(h4.system(), testLogger(t)); err != nil || b != BackendNFT {
+		t.Errorf("detectBackend with kubelet's hint in nft = %q, %v; want nft", b, err)
 	}
 	h3 := newFakeHost(false)
 	if _, _, err := detectBackend(h3.system(), testLogger(t)); !errors.Is(err, errNoBackend) {
