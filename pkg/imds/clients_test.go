@@ -29,6 +29,7 @@ const clientRegion = "eu-west-1"
 type clientServer struct {
 	url   string
 	creds credentials.Credentials
+	src   *fakeSource
 	obs   *recorder
 }
 
@@ -59,7 +60,7 @@ func startClientServer(t *testing.T, mode TokenMode, n int) *clientServer {
 		_ = hs.Close()
 		<-done
 	})
-	return &clientServer{url: "http://" + ln.Addr().String(), creds: c, obs: obs}
+	return &clientServer{url: "http://" + ln.Addr().String(), creds: c, src: src, obs: obs}
 }
 
 // requireClient returns the client's path, or skips (fails under CI).
@@ -332,5 +333,39 @@ func goSDKClient(t *testing.T, s *clientServer) {
 	if c2.AccessKeyID != s.creds.AccessKeyID || !c2.CanExpire || !c2.Expires.Equal(s.creds.Expires.Truncate(time.Second)) {
 		t.Errorf("ec2rolecreds = key %q expires %v (can %v), want %q %v", c2.AccessKeyID, c2.Expires, c2.CanExpire,
 			s.creds.AccessKeyID, s.creds.Expires.Truncate(time.Second))
+	}
+}
+
+// With no valid credentials the server answers 500; aws-sdk-go-v2 retries
+// (500 is retryable in its standard retryer) and then reports an error
+// rather than credentials, and the observer learns why.
+func TestGoSDKWithoutCredentials(t *testing.T) {
+	s := startClientServer(t, TokenRequired, 1)
+	s.src.set(credentials.Credentials{}, credentials.ErrNoCredentials)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client := awsimds.New(awsimds.Options{Endpoint: s.url})
+	_, err := ec2rolecreds.New(func(o *ec2rolecreds.Options) { o.Client = client }).Retrieve(ctx)
+	if err == nil || !strings.Contains(err.Error(), "500") {
+		t.Fatalf("Retrieve = %v, want an error carrying the 500", err)
+	}
+	log := s.obs.String()
+	if n := strings.Count(log, "unavailable: no valid credentials"); n != 3 {
+		t.Errorf("observer saw %d unavailable events, want 3 (the SDK's attempts):\n%s", n, log)
+	}
+}
+
+// botocore treats the 500 as "no credentials from IMDS": the chain ends
+// with none instead of raising or using an error document.
+func TestBotocoreWithoutCredentials(t *testing.T) {
+	py := requireClient(t, "python3 with boto3", "python3")
+	s := startClientServer(t, TokenRequired, 1)
+	s.src.set(credentials.Credentials{}, credentials.ErrNoCredentials)
+	out := runClient(t, clientEnv(t, s.url), py, "-c", "import boto3; print(boto3.Session().get_credentials())")
+	if got := strings.TrimSpace(string(out)); got != "None" {
+		t.Errorf("botocore credentials = %q, want None", got)
+	}
+	if !strings.Contains(s.obs.String(), "request credentials Internal Server Error") {
+		t.Errorf("botocore never reached the credential document:\n%s", s.obs.String())
 	}
 }
