@@ -62,9 +62,14 @@
 // fight other programs over rule order: the jump is inserted first, but a rule
 // that kube-proxy or Docker later inserts in front of it is left alone.
 //
-// Between a stop (Teardown) and the next start nothing redirects, so clients
-// of 169.254.169.254:80 fail fast (no route, or connection refused) and their
-// SDKs retry; they never reach anything else. After a crash the rules stay in
-// place and point at a closed port until the next start's Cleanup and Setup,
-// which also fails fast.
+// The redirect fails open across restarts. Between a stop (Teardown, or the
+// unit's ExecStopPost cleanup) and the next Setup the address is not local,
+// so requests to it follow the host's routes: usually towards the default
+// gateway, where they time out (SDKs then fall through to their next
+// credential source or retry), or "network unreachable" without a route.
+// After a crash that nothing cleaned up, address and rules stay and point at
+// a closed port: connection refused until the next start's Cleanup and Setup.
+// Credentials are never served by anything else meanwhile, but on a network
+// where another host answers 169.254.169.254 clients would reach it; a host
+// that must prevent that should add its own REJECT rule for the address.
 package netredirect
