@@ -1,0 +1,11 @@
+# make bench: throughput and latency against a net/http ceiling (wrk), the
+# 169.254.169.254 redirect, credential rotation under load, footprint,
+# start/stop times and pkg/imds micro-benchmarks. Needs root; runs in a
+# private network namespace; writes test/bench/RESULTS.md. Reports only:
+# it fails only when the harness itself breaks.
+BENCH_FLAGS ?=
+
+.PHONY: bench
+
+bench: build
+	test/bench/bench.sh $(BIN) $(BENCH_FLAGS)

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// daemonEnv is what every imds-shim start in one run shares.
+type daemonEnv struct {
+	bin, config, runtimeDir, logPath string
+	notify                           *net.UnixConn
+	notifyPath                       string
+}
+
+func newDaemonEnv(bin, dir, motoURL string, listen, metrics int) (*daemonEnv, error) {
+	creds := filepath.Join(dir, "credentials")
+	// moto accepts any keys; these only satisfy the SDK's credential chain.
+	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIABENCHBENCHBENCH0\naws_secret_access_key = bench-secret\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing source credentials: %w", err)
+	}
+	cfg := fmt.Sprintf(`role_arn: %s
+region: us-east-1
+sts_endpoint: %s
+credentials_file: %s
+duration: 1h
+imds:
+  listen: 127.0.0.1:%d
+metrics:
+  listen: 127.0.0.1:%d
+network:
+  manage: true
+`, benchRoleARN, motoURL, creds, listen, metrics)
+	path := filepath.Join(dir, "imds-shim.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return nil, fmt.Errorf("writing daemon config: %w", err)
+	}
+	np := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: np, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("listening on the notify socket: %w", err)
+	}
+	return &daemonEnv{bin: bin, config: path, runtimeDir: filepath.Join(dir, "run"),
+		logPath: filepath.Join(dir, "daemon.log"), notify: conn, notifyPath: np}, nil
+}
+
+// start runs imds-shim serve and returns once it has sent READY=1, with the
+// time from exec to that message.
+func (e *daemonEnv) start(ps *procs) (*proc, time.Duration, error) {
+	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, 0, fmt.Errorf("opening daemon log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(e.bin, "serve", "-c", e.config, "--runtime-dir", e.runtimeDir)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+e.notifyPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	t0 := time.Now()
+	p, err := ps.start("imds-shim", cmd)
+	if err != nil {
+		return nil, 0, err
+	}
+	buf := make([]byte, 4096)
+	deadline := t0.Add(60 * time.Second)
+	for {
+		_ = e.notify.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, _, err := e.notify.ReadFromUnix(buf)
+		if err == nil {
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" {
+					return p, time.Since(t0), nil
+				}
+			}
+			continue
+		}
+		if !p.running() {
+			return nil, 0, fmt.Errorf("imds-shim exited before READY=1 (%v); see %s", p.err, e.logPath)
+		}
+		if time.Now().After(deadline) {
+			p.stop(5 * time.Second)
+			return nil, 0, fmt.Errorf("imds-shim sent no READY=1 within 60s; see %s", e.logPath)
+		}
+	}
+}
+
+// stop sends SIGTERM and returns the time until the process has exited,
+// and whether it exited cleanly with the network torn down.
+func stopDaemon(p *proc) (time.Duration, error) {
+	t0 := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return 0, fmt.Errorf("signalling imds-shim: %w", err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		return 0, errors.New("imds-shim did not exit within 30s of SIGTERM")
+	}
+	d := time.Since(t0)
+	if p.err != nil {
+		return d, fmt.Errorf("imds-shim exited with %v", p.err)
+	}
+	return d, networkLeftovers()
+}
+
+// networkLeftovers reports what the daemon left in the namespace: the
+// endpoint address, its dummy link, or rules in chains it owns.
+func networkLeftovers() error {
+	var left []string
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return fmt.Errorf("listing interfaces: %w", err)
+	}
+	for _, ifi := range ifs {
+		if ifi.Name == "imds0" {
+			left = append(left, "link imds0")
+		}
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			if strings.HasPrefix(a.String(), "169.254.169.254/") {
+				left = append(left, "169.254.169.254 on "+ifi.Name)
+			}
+		}
+	}
+	for _, save := range []string{"iptables-save", "iptables-legacy-save"} {
+		if _, err := exec.LookPath(save); err != nil {
+			continue
+		}
+		out, _ := exec.Command(save).Output()
+		if strings.Contains(string(out), "IMDS-SHIM") {
+			left = append(left, "IMDS-SHIM rules in "+save)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("left behind: %s", strings.Join(left, ", "))
+	}
+	return nil
+}
+
+// redirectInstalled reports whether the daemon's address is in place.
+func redirectInstalled() bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if strings.HasPrefix(a.String(), "169.254.169.254/") {
+			return true
+		}
+	}
+	return false
+}
