@@ -470,6 +470,10 @@ func helperMain() bool {
 	if mode == "" {
 		return false
 	}
+	if !nstest.InPrivateNetns() {
+		fmt.Fprintln(os.Stderr, "helper: refusing to run outside the test's private network namespace")
+		os.Exit(2)
+	}
 	ctx := context.Background()
 	if strings.Contains(mode, "cleanup") {
 		if err := Cleanup(ctx, nil); err != nil {
