@@ -230,6 +230,7 @@ func sameCreds(a, b *credentials.Credentials) bool {
 var (
 	errIncomplete = errors.New("credential set has an empty key, secret or session token")
 	errExpired    = errors.New("credential set has expired")
+	errNoRole     = errors.New("credential set is for a different role")
 )
 
 // credentials returns the rendered documents for the source's current set,

@@ -3,7 +3,6 @@ package imds
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -429,6 +428,3 @@ func readCapped(root *os.Root, p string) ([]byte, error) {
 	}
 	return data, nil
 }
-
-// errNoRole is reported when the credential source's set is for another role.
-var errNoRole = errors.New("credentials are for a different role")
