@@ -46,6 +46,12 @@ const (
 	permanentBase = time.Minute
 	permanentCap  = 15 * time.Minute
 
+	// maxWait caps one sleep of Run. Timers run on the monotonic clock,
+	// which stops while a VM is paused or the host suspended, but expiry is
+	// wall-clock time: waking at least this often re-checks the schedule
+	// against the wall clock.
+	maxWait = 5 * time.Minute
+
 	defaultFetchAttempts = 4
 	defaultCallTimeout   = 30 * time.Second
 	maxTokenBytes        = 20000 // STS WebIdentityToken limit
@@ -277,8 +283,9 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 }
 
+// waitUntil sleeps until t or for maxWait, whichever comes first.
 func (r *Refresher) waitUntil(ctx context.Context, t time.Time) error {
-	d := t.Sub(r.clock.Now())
+	d := min(t.Sub(r.clock.Now()), maxWait)
 	if d <= 0 {
 		return ctx.Err()
 	}
@@ -330,7 +337,7 @@ func (r *Refresher) refresh(ctx context.Context, force bool) error {
 	}
 	r.mu.Lock()
 	r.st.Attempts++
-	r.st.LastAttempt = start
+	r.st.LastAttempt = start.Round(0)
 	r.mu.Unlock()
 	r.obs.RefreshAttempt()
 
@@ -339,6 +346,8 @@ func (r *Refresher) refresh(ctx context.Context, force bool) error {
 	cancel()
 	end := r.clock.Now()
 	r.obs.STSLatency(end.Sub(start))
+	// Schedule and compare in wall-clock time, like the STS expiry.
+	end = end.Round(0)
 	if err == nil {
 		err = checkIssued(creds, end)
 	}
