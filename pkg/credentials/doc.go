@@ -1,4 +1,50 @@
 // Package credentials obtains temporary credentials for one IAM role from STS
 // and keeps them fresh in the background, so that the IMDS handler can serve
 // them without ever calling STS on the request path.
+//
+// # Source credentials
+//
+// NewSTSClient signs with the AWS SDK's standard chain (environment,
+// shared credentials/config files with an explicit profile, credential_process,
+// SSO, container endpoints) with EC2 instance metadata removed: the SDK's
+// IMDS client is disabled whatever AWS_EC2_METADATA_DISABLED says (that also
+// stops defaults_mode=auto from probing IMDS), and the EC2 role provider gets
+// a client that refuses with an explanatory error. The shim answers
+// 169.254.169.254 itself and must never ask itself. With
+// web_identity_token_file set, AssumeRoleWithWebIdentity is called unsigned
+// with the token re-read from the file on every call, and no AWS keys are
+// needed at all.
+//
+// # Refresh policy
+//
+// Fetch obtains the first set before the daemon reports ready, retrying
+// transient errors a few times. After each success the next refresh is
+// scheduled for when the set has 50–65 % of its life left (30–39 minutes for
+// 1-hour sessions, 7.5–9.75 minutes for 15-minute ones), so served credentials
+// keep at least half their lifetime while STS answers — well clear of the
+// SDKs' own refresh windows (botocore 15/10 min, Go v1/JS v3/Java v2 5 min).
+// The first refresh after start uses a wider window (50–90 % left) so a fleet
+// restarted at once spreads out immediately. Only one STS call is ever in
+// flight. Failures back off exponentially: throttling, network, 5xx and
+// malformed answers retry after U[0,1)·min(5 min, 2 s·2ⁿ) (full jitter, at
+// least 1 s) and log a warning; access denied, invalid or expired source
+// credentials, malformed or oversized policies, a disabled region and
+// rejected web identity tokens are logged at error level and retried after
+// U[½,1]·min(15 min, 1 min·2ⁿ), so a fix is picked up within minutes without
+// hammering STS.
+//
+// During an outage the last good set is served until ServeMargin (5 minutes)
+// before its real expiry, then Current returns ErrNoCredentials — never an
+// expired or empty set, and never an extended expiry. Five minutes is what
+// EC2 itself guarantees and the point below which the Go v1, JS v3 and Java v2
+// SDKs treat credentials as expired anyway; a larger margin would shorten the
+// time a host rides out an outage (at least 25 minutes for 1-hour sessions,
+// up to 55). Clients that cached a set keep using it until their own refresh
+// point; botocore's "static stability" may then sign with it for a few
+// minutes past expiry, which fails with ExpiredToken instead of "no
+// credentials" — during an outage either way.
+//
+// Run sleeps at most five minutes at a time and schedules in wall-clock
+// time, since expiries are wall-clock and monotonic timers stop while a VM
+// is paused.
 package credentials
