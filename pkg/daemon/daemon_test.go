@@ -50,7 +50,7 @@ func (w *world) reloadAndWait(reload chan Reload) {
 		return n
 	}
 	before := count()
-	w.reloadAndWait(reload)
+	reload <- Reload{}
 	deadline := time.Now().Add(10 * time.Second)
 	for count() == before {
 		if time.Now().After(deadline) {
@@ -87,10 +87,11 @@ func (w *world) Notify(state string) error {
 	w.mu.Lock()
 	w.notes = append(w.notes, state)
 	w.mu.Unlock()
+	err := w.record("notify:" + strings.SplitN(state, "\n", 2)[0])
 	if strings.HasPrefix(state, "READY=1") {
 		w.once.Do(func() { close(w.ready) })
 	}
-	return w.record("notify:" + strings.SplitN(state, "\n", 2)[0])
+	return err
 }
 
 type fakeCreds struct {
