@@ -251,6 +251,29 @@ echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000001","SecretAccessKey":"proce
 			}
 		})
 	}
+	t.Run("credential_process output is never quoted", func(t *testing.T) {
+		bad := filepath.Join(home, "bad-helper")
+		if err := os.WriteFile(bad, []byte("#!/bin/sh\necho 'AccessKeyId=AKIDLEAK SecretAccessKey=leaked-secret-value'\n"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		badCfg := filepath.Join(home, "bad-config")
+		if err := os.WriteFile(badCfg, []byte("[profile bad]\ncredential_process = "+bad+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, logs, err := newRealRefresher(t, Config{RoleARN: testRole, STSEndpoint: base, ConfigFile: badCfg, Profile: "bad"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = r.Fetch(t.Context())
+		_, cerr := r.Current()
+		all := fmt.Sprint(err, cerr, r.State(), logs.String())
+		if err == nil || r.State().LastErrorClass != ClassSourceCredentials {
+			t.Fatalf("Fetch err = %v, class %q", err, r.State().LastErrorClass)
+		}
+		if strings.Contains(all, "leaked-secret-value") {
+			t.Fatalf("the process output leaked:\n%s", all)
+		}
+	})
 	t.Run("missing credentials_file", func(t *testing.T) {
 		_, err := NewSTSClient(t.Context(), Config{RoleARN: testRole, CredentialsFile: filepath.Join(home, "absent")})
 		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "checking credentials_file") {

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
+	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 )
@@ -137,6 +139,11 @@ func (p sourceProvider) Retrieve(ctx context.Context) (aws.Credentials, error) {
 		return aws.Credentials{}, &SourceCredentialsError{Err: errors.New("no credential provider configured")}
 	}
 	c, err := p.inner.Retrieve(ctx)
+	var pe *processcreds.ProviderError
+	if errors.As(err, &pe) && strings.Contains(pe.Error(), "parse failed of process output") {
+		// The SDK quotes the whole output, which may hold a secret key.
+		err = errors.New("credential_process printed something that is not credential JSON (output withheld: it may contain secrets)")
+	}
 	if err != nil {
 		return c, &SourceCredentialsError{Err: err}
 	}
