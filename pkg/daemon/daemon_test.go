@@ -29,7 +29,6 @@ type world struct {
 	mu     sync.Mutex
 	events []string
 	fail   map[string]error // event name → error returned by that step
-	cfgs   map[string]string
 	notes  []string
 	ready  chan struct{}
 	once   sync.Once
