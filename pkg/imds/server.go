@@ -401,6 +401,9 @@ func stripPort(h string) string {
 }
 
 func isVersion(v string) bool {
+	if v == "latest" { // nearly every request
+		return true
+	}
 	for _, x := range versions {
 		if v == x {
 			return true
