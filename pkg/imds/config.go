@@ -3,9 +3,11 @@ package imds
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -208,10 +210,11 @@ func (c Config) Validate() error {
 	if c.InstanceType != "" && !typeRE.MatchString(c.InstanceType) {
 		add("instance type %q has characters other than letters, digits, '.' and '-'", c.InstanceType)
 	}
-	for name, h := range map[string]string{"hostname": c.Hostname, "local hostname": c.LocalHostname} {
-		if h != "" && !hostRE.MatchString(h) {
-			add("%s %q is not a host name", name, h)
-		}
+	if c.Hostname != "" && !hostRE.MatchString(c.Hostname) {
+		add("hostname %q is not a host name", c.Hostname)
+	}
+	if c.LocalHostname != "" && !hostRE.MatchString(c.LocalHostname) {
+		add("local hostname %q is not a host name", c.LocalHostname)
 	}
 	if c.LocalIPv4.IsValid() && !c.LocalIPv4.Is4() {
 		add("local IPv4 %v is not an IPv4 address", c.LocalIPv4)
@@ -232,7 +235,8 @@ func (c Config) Validate() error {
 	if c.InstanceProfileID != "" && !profIDRE.MatchString(c.InstanceProfileID) {
 		add("instance profile ID %q is not AIPA followed by 16-17 upper-case letters or digits", c.InstanceProfileID)
 	}
-	for k, v := range c.Tags {
+	for _, k := range slices.Sorted(maps.Keys(c.Tags)) { // errors in a stable order
+		v := c.Tags[k]
 		if err := checkName(k); err != nil {
 			add("tag key %q: %w", k, err)
 		}
@@ -240,7 +244,7 @@ func (c Config) Validate() error {
 			add("tag %q: value has control characters or invalid UTF-8", k)
 		}
 	}
-	for p := range c.Overrides {
+	for _, p := range slices.Sorted(maps.Keys(c.Overrides)) {
 		if _, err := checkEntryPath(p); err != nil {
 			add("override %q: %w", p, err)
 		}
