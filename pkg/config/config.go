@@ -29,7 +29,6 @@ const (
 	DefaultReconcile     = 10 * time.Second
 	DefaultStartTimeout  = 45 * time.Second
 	DefaultStopTimeout   = 10 * time.Second
-	DefaultRegion        = "us-east-1"
 )
 
 // Config is the whole file. Field tags are the public key names.
@@ -227,9 +226,6 @@ func cleanYAMLError(err error) error {
 
 // SetDefaults fills every key the file left out.
 func (c *Config) SetDefaults() {
-	if c.Region == "" {
-		c.Region = DefaultRegion
-	}
 	if c.Duration == 0 {
 		c.Duration = Duration(DefaultDuration)
 	}

@@ -24,7 +24,7 @@ func TestDefaults(t *testing.T) {
 		"reconcile": c.Network.ReconcileInterval.D(),
 	}
 	want := map[string]any{
-		"region": "us-east-1", "duration": time.Hour, "listen": "127.0.0.1:8254", "tokens": "required",
+		"region": "", "duration": time.Hour, "listen": "127.0.0.1:8254", "tokens": "required",
 		"hop": 1, "manage": true, "link": "auto", "metrics": "127.0.0.1:9254", "reconcile": 10 * time.Second,
 	}
 	if d := cmp.Diff(want, got); d != "" {

@@ -246,14 +246,15 @@ func (r *Refresher) Fetch(ctx context.Context) error {
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("fetching credentials for %s: %w", r.arn, ctx.Err())
+			// Say why it never succeeded, not only that time ran out.
+			return fmt.Errorf("fetching credentials for %s: %w (last error: %w)", r.arn, ctx.Err(), err)
 		}
 		class := classify(err)
 		if permanent(class) || attempt >= r.attempts {
 			return fmt.Errorf("fetching credentials for %s (%s, attempt %d of %d): %w", r.arn, class, attempt, r.attempts, err)
 		}
-		if err := r.waitUntil(ctx, r.State().NextRefresh); err != nil {
-			return fmt.Errorf("fetching credentials for %s: %w", r.arn, err)
+		if werr := r.waitUntil(ctx, r.State().NextRefresh); werr != nil {
+			return fmt.Errorf("fetching credentials for %s: %w (last error: %w)", r.arn, werr, err)
 		}
 	}
 }
