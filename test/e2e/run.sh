@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# End-to-end test of the imds-shim packages in a real, booted systemd.
+#
+# usage: test/e2e/run.sh [DIST_DIR]      (as root; `make e2e` builds the packages first)
+#
+# A minimal Debian 12 tree (mmdebstrap, cached under $IMDS_SHIM_E2E_CACHE,
+# default /var/tmp/imds-shim-e2e) boots with `systemd-nspawn -b` in a network
+# namespace of its own, joined to the host by a veth pair on which the moto
+# STS emulator listens. Inside, the .deb is installed with apt and driven the
+# way an operator would: configure, `systemctl enable --now`, AWS CLI, boto3
+# and the Go SDK with no AWS configuration at all, reload with a new role,
+# reinstall (upgrade) while running, kill -9, stop, purge. The .rpm is
+# checked with rpm queries and an install into an `rpm --root` tree.
+#
+# Nothing of the host is changed: the guest runs on a tmpfs overlay of the
+# cached tree, the addresses live only on the test's own veth pair and
+# netns, and the host's addresses and iptables (nft and legacy) are compared
+# before and after. Everything the test starts is removed on any exit.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+DIST=$(cd "${1:-$ROOT/dist}" && pwd)
+CACHE=${IMDS_SHIM_E2E_CACHE:-/var/tmp/imds-shim-e2e}
+
+NS=imds-e2e               # network namespace of the guest
+VETH=ve-imds-e2e          # host side of the veth pair (eth0 in the guest)
+MACHINE=imds-e2e
+HOST_IP=10.213.77.1       # moto listens here
+GUEST_IP=10.213.77.2
+STS=http://$HOST_IP:5000
+ROLE1=arn:aws:iam::123456789012:role/e2e-first
+ROLE2=arn:aws:iam::123456789012:role/e2e-second
+GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# The guest tree: what the unit, the package and the clients under test need.
+ROOTFS_PKGS=systemd,systemd-sysv,dbus,iproute2,iptables,curl,ca-certificates,procps,awscli,python3-boto3
+ROOTFS_KEY=$(printf '%s\n' "$ROOTFS_PKGS" bookworm minbase v1 | sha256sum | cut -c1-12)
+ROOTFS=$CACHE/rootfs-$ROOTFS_KEY
+
+# ---------------------------------------------------------------- reporting
+T0=$(date +%s.%N)
+TLAST=$T0
+FAILED=0
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}'; }
+step() { printf '[%6.2fs] %-58s +%ss\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$1" "$(elapsed "$TLAST")"; TLAST=$(date +%s.%N); }
+ok() { printf '  ok   %s\n' "$*"; }
+fail() { printf '  FAIL %s\n' "$*"; FAILED=1; }
+die() { printf 'e2e: %s\n' "$*" >&2; exit 1; }
+# expect_eq WHAT WANT GOT
+expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: want '$2', got '$3'"; fi; }
+# expect_match WHAT REGEX TEXT
+expect_match() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1: want /$2/, got: $3"; fi; }
+# expect_same WHAT FILE_WANT FILE_GOT
+expect_same() {
+	if diff -u "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
+}
+
+[ "$(id -u)" = 0 ] || die "must run as root (it boots a container and creates a network namespace)"
+for c in systemd-nspawn mmdebstrap nsenter ip iptables-save iptables-legacy-save rpm dpkg-deb curl flock go file; do
+	command -v "$c" >/dev/null || die "missing $c (apt-get install systemd-container mmdebstrap rpm iptables iproute2 curl file)"
+done
+python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator; see ../shared/TESTENV.md §3)"
+shopt -s nullglob
+debs=("$DIST"/imds-shim_*_amd64.deb)
+rpms=("$DIST"/imds-shim-*.x86_64.rpm)
+[ ${#debs[@]} = 1 ] || die "want exactly one amd64 .deb in $DIST, found ${#debs[@]} (run make package)"
+[ ${#rpms[@]} = 1 ] || die "want exactly one x86_64 .rpm in $DIST, found ${#rpms[@]} (run make package)"
+DEB=${debs[0]} RPM=${rpms[0]}
+shopt -u nullglob
+
+mkdir -p "$CACHE"
+exec 9> "$CACHE/lock"
+flock -w 900 9 || die "another e2e run holds $CACHE/lock"
+
+WORK=$(mktemp -d /tmp/imds-shim-e2e.XXXXXX)
+mkdir -p "$WORK/xfer"
+NSPID= MOTOPID= L= LEADERNS=
+
+# --------------------------------------------------------- host snapshots
+# Rules and chains as iptables-save prints them, without counters and
+# comments: what must be identical before and after.
+host_state() {
+	{
+		echo "## addresses"; ip -o addr show | sed 's/ valid_lft.*//'
+		echo "## links"; ip -o link show | awk '{print $2}'
+		echo "## netns"; ip netns list
+		for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
+			echo "## $t"; "$t" 2>/dev/null | sed -e '/^#/d' -e 's/ \[[0-9]*:[0-9]*\]$//'
+		done
+	} > "$1"
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM HUP
+	if { [ "$rc" != 0 ] || [ "$FAILED" != 0 ]; } && [ -n "$L" ] && [ "$(readlink "/proc/$L/ns/pid" 2>/dev/null)" = "$LEADERNS" ]; then
+		timeout 10 nsenter -t "$L" -a journalctl -u imds-shim.service --no-pager -o short-monotonic > "$WORK/journal.txt" 2>&1
+	fi
+	if [ -n "$NSPID" ] && kill -0 "$NSPID" 2>/dev/null; then
+		# SIGTERM asks nspawn to power the guest off cleanly.
+		kill -TERM "$NSPID"
+		for _ in $(seq 1 100); do kill -0 "$NSPID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$NSPID" 2>/dev/null
+		wait "$NSPID" 2>/dev/null
+	fi
+	if [ -n "$MOTOPID" ]; then kill "$MOTOPID" 2>/dev/null; wait "$MOTOPID" 2>/dev/null; fi
+	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+	ip netns del "$NS" 2>/dev/null
+	ip link del "$VETH" 2>/dev/null
+	if [ -s "$WORK/host.before" ]; then
+		host_state "$WORK/host.after"
+		if diff -u "$WORK/host.before" "$WORK/host.after" > "$WORK/host.diff"; then
+			echo "  ok   host addresses, links, netns and iptables (nft, legacy, v4, v6) unchanged"
+		else
+			echo "  FAIL the host changed:"; sed 's/^/         /' "$WORK/host.diff"; rc=1
+		fi
+	fi
+	if [ "$rc" != 0 ] || [ "$FAILED" != 0 ]; then
+		for f in nspawn.log moto.log; do
+			[ -s "$WORK/$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$WORK/$f"; }
+		done
+		[ -s "$WORK/journal.txt" ] && { echo "--- guest journal of imds-shim"; cat "$WORK/journal.txt"; }
+		[ "$rc" != 0 ] || rc=1
+	fi
+	rm -rf "$WORK"
+	printf 'e2e: %s in %ss\n' "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$T0")"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# Leftovers of an interrupted earlier run (we hold the lock, so they are ours).
+ip netns del "$NS" 2>/dev/null || true
+ip link del "$VETH" 2>/dev/null || true
+
+host_state "$WORK/host.before"
+step "host snapshot"
+
+# -------------------------------------------------------------- the rootfs
+if [ ! -e "$ROOTFS/.complete" ]; then
+	echo "building the guest tree $ROOTFS (once; about 1-3 minutes)"
+	rm -rf "$ROOTFS.tmp"
+	sources=/dev/null
+	[ -f /etc/apt/sources.list.d/debian.sources ] && sources=/etc/apt/sources.list.d/debian.sources
+	mmdebstrap --quiet --variant=minbase --include="$ROOTFS_PKGS" bookworm "$ROOTFS.tmp" - < "$sources" \
+		> "$WORK/mmdebstrap.log" 2>&1 || { tail -n 30 "$WORK/mmdebstrap.log"; die "mmdebstrap failed"; }
+	touch "$ROOTFS.tmp/.complete"
+	rm -rf "$ROOTFS"
+	mv "$ROOTFS.tmp" "$ROOTFS"
+	step "rootfs built"
+else
+	step "rootfs cached ($ROOTFS)"
+fi
+
+# ------------------------------------------------------------ the Go client
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$WORK/xfer/goclient" ./test/e2e/goclient)
+cp "$DEB" "$WORK/xfer/"
+DEBNAME=$(basename "$DEB")
+step "Go SDK client built"
+
+# ------------------------------------------------------ network and moto
+ip netns add "$NS"
+ip link add "$VETH" type veth peer name eth0 netns "$NS"
+ip addr add "$HOST_IP/30" dev "$VETH"
+ip link set "$VETH" up
+ip -n "$NS" addr add "$GUEST_IP/30" dev eth0
+ip -n "$NS" link set eth0 up
+ip -n "$NS" link set lo up
+python3 -m moto.server -H "$HOST_IP" -p 5000 > "$WORK/moto.log" 2>&1 &
+MOTOPID=$!
+for _ in $(seq 1 200); do curl -fs -o /dev/null "$STS/moto-api/" && break; sleep 0.05; done
+curl -fs -o /dev/null "$STS/moto-api/" || die "moto did not come up on $STS"
+step "netns $NS + veth, moto STS on $STS"
+
+# ------------------------------------------------------------------- boot
+systemd-nspawn -D "$ROOTFS" -M "$MACHINE" -b --register=no --keep-unit --console=read-only \
+	--volatile=overlay --link-journal=no --network-namespace-path="/run/netns/$NS" \
+	--bind-ro="$WORK/xfer":/xfer > "$WORK/nspawn.log" 2>&1 < /dev/null &
+NSPID=$!
+# The guest's PID 1 is nspawn's child named systemd in ANOTHER pid namespace.
+# nspawn's short-lived outer child is still in the host's namespaces: never
+# nsenter that one, or the commands would run on the host.
+SELFNS=$(readlink /proc/self/ns/pid)
+for _ in $(seq 1 300); do
+	L=$(pgrep -P "$NSPID" -x systemd || true)
+	[ -n "$L" ] && [ "$(readlink "/proc/$L/ns/pid" 2>/dev/null)" != "$SELFNS" ] && break
+	L=; sleep 0.05
+done
+[ -n "$L" ] || die "the container did not start"
+LEADERNS=$(readlink "/proc/$L/ns/pid")
+
+# g CMD...: run a command in the guest, with no AWS configuration at all.
+g() {
+	[ "$(readlink "/proc/$L/ns/pid" 2>/dev/null)" = "$LEADERNS" ] && [ "$LEADERNS" != "$SELFNS" ] \
+		|| die "the guest's PID 1 ($L) is gone; refusing to nsenter"
+	timeout 120 nsenter -t "$L" -a env -i PATH="$GUEST_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
+}
+gsh() { g bash -c "$1"; }
+
+state=
+for _ in $(seq 1 300); do
+	state=$(g systemctl is-system-running 2>/dev/null || true)
+	case "$state" in running|degraded) break ;; esac
+	sleep 0.05
+done
+case "$state" in
+running) ;;
+degraded) echo "  note guest is degraded: $(g systemctl --failed --no-legend --plain | awk '{print $1}' | xargs)" ;;
+*) die "guest did not boot: $state" ;;
+esac
+step "guest booted ($state)"
+
+# Guest network and firewall state as the test compares it: addresses, and
+# rules and chains of both iptables backends for v4 and v6. With iptables-nft
+# a table once used stays registered with empty built-in chains, so built-in
+# chains are only compared where their policy is not ACCEPT.
+guest_net() {
+	gsh '
+	echo "## addresses"; ip -o addr show | sed "s/ valid_lft.*//"
+	echo "## links"; ip -o link show | awk "{print \$2}"
+	for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
+		echo "## $t"
+		$t 2>/dev/null | awk "
+			/^\\*/ { table = \$0; next }
+			/^:/ { if (\$2 == \"ACCEPT\") next; print table, \$1, \$2; next }
+			/^-A/ { print table, \$0 }"
+	done' > "$1"
+}
+# Every path with imds-shim in its name, outside /proc, /sys and /xfer.
+guest_files() {
+	gsh 'find / \( -path /proc -o -path /sys -o -path /xfer -o -path /dev \) -prune -o -iname "*imds*" -print | sort' > "$1"
+}
+guest_journal() { g journalctl -u imds-shim.service --no-pager -o short-monotonic > "$WORK/journal.txt" 2>&1 || true; }
+
+guest_net "$WORK/net.pristine"
+guest_files "$WORK/files.pristine"
+
+# ---------------------------------------------------------------- install
+echo "== apt install /xfer/$DEBNAME"
+out=$(g env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "/xfer/$DEBNAME" 2>&1) \
+	|| { echo "$out"; die "apt install failed"; }
+step "apt install"
+expect_match "postinst says what to do next" "systemctl enable --now imds-shim" "$out"
+expect_eq "installing does not start the daemon" inactive "$(g systemctl is-active imds-shim || true)"
+expect_eq "installing does not enable the daemon" disabled "$(g systemctl is-enabled imds-shim || true)"
+expect_eq "shipped config is 0600 root" "600 root" "$(g stat -c '%a %U' /etc/imds-shim/imds-shim.yaml)"
+expect_eq "dpkg marks the config as a conffile" "/etc/imds-shim/imds-shim.yaml" \
+	"$(g dpkg-query -W -f='${Conffiles}' imds-shim | awk 'NF{print $1}')"
+expect_match "man page installed" "imds-shim" "$(g zcat /usr/share/man/man8/imds-shim.8.gz | head -n 5)"
+verify=$(g systemd-analyze verify --man=no imds-shim.service 2>&1) && [ -z "$(printf '%s' "$verify" | grep -i imds)" ] \
+	&& ok "systemd-analyze verify imds-shim.service is clean" || fail "systemd-analyze verify: $verify"
+security=$(g systemd-analyze security imds-shim.service 2>&1 | sed -n 's/.*Overall exposure level for imds-shim.service: \([0-9.]*\).*/\1/p')
+awk -v s="$security" 'BEGIN{exit !(s != "" && s <= 2.0)}' \
+	&& ok "systemd-analyze security exposure $security (<= 2.0)" || fail "systemd-analyze security exposure '$security' > 2.0"
+
+# The shipped configuration names no role: the daemon must refuse it and
+# leave nothing behind.
+if g imds-shim check > "$WORK/check.txt" 2>&1; then fail "imds-shim check accepts the shipped config (no role_arn)"
+else ok "imds-shim check rejects the shipped config: $(grep -m1 -i role "$WORK/check.txt" || head -n1 "$WORK/check.txt")"; fi
+if g systemctl start imds-shim 2>/dev/null; then fail "the daemon started without a role"; else ok "the daemon refuses to start without a role"; fi
+g systemctl stop imds-shim 2>/dev/null || true
+g systemctl reset-failed imds-shim 2>/dev/null || true
+guest_net "$WORK/net.refused"
+expect_same "a refused start changes no address or rule" "$WORK/net.pristine" "$WORK/net.refused"
+step "package checks"
+
+# --------------------------------------------------------- configure, start
+write_config() {
+	gsh "umask 077; cat > /etc/imds-shim/imds-shim.yaml <<EOF
+role_arn: $1
+region: us-east-1
+sts_endpoint: $STS
+duration: 15m
+credentials_file: /etc/imds-shim/credentials
+EOF"
+}
+gsh 'umask 077; printf "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n" > /etc/imds-shim/credentials'
+write_config "$ROLE1"
+if g imds-shim check > "$WORK/check.txt" 2>&1; then ok "imds-shim check accepts the configured role"
+else fail "imds-shim check on a good config:"; sed 's/^/         /' "$WORK/check.txt"; fi
+guest_net "$WORK/net.before"
+g systemctl enable --now imds-shim 2>/dev/null || { guest_journal; die "systemctl enable --now imds-shim failed"; }
+step "configure + systemctl enable --now"
+expect_eq "systemctl is-active" active "$(g systemctl is-active imds-shim || true)"
+guest_net "$WORK/net.running"
+expect_match "169.254.169.254 is on a link" "inet 169.254.169.254/32" "$(cat "$WORK/net.running")"
+expect_match "a DNAT rule redirects 169.254.169.254" "DNAT.*169.254.169.254|169.254.169.254.*DNAT" "$(cat "$WORK/net.running")"
+
+# ---------------------------------------------------------------- clients
+role_of() { sed -n 's|.*assumed-role/\([^/"]*\)/.*|\1|p' | head -n 1; }
+clients() { # clients ROLENAME
+	local token out
+	token=$(g curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) || token=
+	out=$(g curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/iam/security-credentials/ 2>&1 || true)
+	expect_eq "curl IMDSv2: role list" "$1" "$out"
+	out=$(g aws sts get-caller-identity --endpoint-url "$STS" --output text --query Arn 2>&1 || true)
+	expect_eq "aws CLI v2 (no AWS configuration): assumed role" "$1" "$(printf '%s' "$out" | role_of)"
+	[ "$(printf '%s' "$out" | role_of)" = "$1" ] || echo "         aws said: $out"
+	out=$(g python3 -c '
+import sys, boto3
+s = boto3.Session()
+c = s.get_credentials()
+arn = s.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()["Arn"]
+print(c.method, arn)' "$STS" 2>&1 || true)
+	expect_eq "boto3 (no AWS configuration): assumed role" "$1" "$(printf '%s' "$out" | role_of)"
+	expect_match "boto3 got its credentials from IMDS" "^iam-role " "$out"
+	out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+	expect_eq "Go SDK v2 (no AWS configuration): assumed role" "$1" "$(printf '%s' "$out" | role_of)"
+	expect_match "Go SDK got its credentials from IMDS" "source=EC2RoleProvider" "$out"
+}
+clients e2e-first
+step "clients: curl, aws CLI, boto3, Go SDK"
+
+# ----------------------------------------------------------------- reload
+pid_before=$(g systemctl show -p MainPID --value imds-shim)
+write_config "$ROLE2"
+g systemctl reload imds-shim || fail "systemctl reload failed"
+expect_eq "reload keeps the same process" "$pid_before" "$(g systemctl show -p MainPID --value imds-shim)"
+expect_eq "active after reload" active "$(g systemctl is-active imds-shim || true)"
+clients e2e-second
+g imds-shim status > "$WORK/status.txt" 2>&1 && ok "imds-shim status answers" || fail "imds-shim status: $(cat "$WORK/status.txt")"
+expect_match "imds-shim status names the new role" "e2e-second" "$(cat "$WORK/status.txt")"
+step "systemctl reload with a new role"
+
+# ------------------------------------------- upgrade (reinstall) while running
+pid_before=$(g systemctl show -p MainPID --value imds-shim)
+g env DEBIAN_FRONTEND=noninteractive dpkg -i "/xfer/$DEBNAME" > "$WORK/upgrade.txt" 2>&1 || { cat "$WORK/upgrade.txt"; fail "reinstall failed"; }
+pid_after=$(g systemctl show -p MainPID --value imds-shim)
+expect_eq "upgrade restarts a running daemon: active" active "$(g systemctl is-active imds-shim || true)"
+[ "$pid_after" != "$pid_before" ] && ok "upgrade restarted it (pid $pid_before -> $pid_after)" || fail "upgrade did not restart the daemon"
+expect_eq "upgrade keeps the edited config" "role_arn: $ROLE2" "$(g head -n 1 /etc/imds-shim/imds-shim.yaml)"
+guest_net "$WORK/net.upgraded"
+expect_same "after the upgrade restart: one copy of every rule and address" "$WORK/net.running" "$WORK/net.upgraded"
+step "upgrade while running"
+
+# ----------------------------------------------------------------- kill -9
+pid_before=$(g systemctl show -p MainPID --value imds-shim)
+g kill -9 "$pid_before"
+pid_after=
+for _ in $(seq 1 200); do
+	pid_after=$(g systemctl show -p MainPID --value imds-shim)
+	[ "$(g systemctl is-active imds-shim || true)" = active ] && [ "$pid_after" != 0 ] && [ "$pid_after" != "$pid_before" ] && break
+	sleep 0.1
+done
+expect_eq "after kill -9 systemd restarts it" active "$(g systemctl is-active imds-shim || true)"
+expect_eq "NRestarts" 1 "$(g systemctl show -p NRestarts --value imds-shim)"
+guest_net "$WORK/net.restarted"
+expect_same "after kill -9 and restart: exactly one copy of every rule and address" "$WORK/net.running" "$WORK/net.restarted"
+out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+expect_eq "credentials served after the restart" e2e-second "$(printf '%s' "$out" | role_of)"
+step "kill -9 -> restart"
+
+# ------------------------------------------------------------------- stop
+g systemctl stop imds-shim
+expect_eq "stopped" inactive "$(g systemctl is-active imds-shim || true)"
+guest_net "$WORK/net.stopped"
+expect_same "systemctl stop leaves addresses and iptables (nft+legacy) as before start" "$WORK/net.before" "$WORK/net.stopped"
+g env DEBIAN_FRONTEND=noninteractive dpkg -i "/xfer/$DEBNAME" > "$WORK/upgrade.txt" 2>&1 || fail "reinstall while stopped failed"
+expect_eq "upgrade leaves a stopped daemon stopped" inactive "$(g systemctl is-active imds-shim || true)"
+step "stop; upgrade while stopped"
+
+# ------------------------------------------------------------------ purge
+g systemctl start imds-shim || fail "start before purge"
+guest_journal
+g env DEBIAN_FRONTEND=noninteractive apt-get purge -y imds-shim > "$WORK/purge.txt" 2>&1 || { cat "$WORK/purge.txt"; fail "apt purge failed"; }
+step "apt purge (while running)"
+expect_eq "purge stops the daemon" inactive "$(g systemctl is-active imds-shim 2>/dev/null || true)"
+expect_eq "systemd forgot the unit" "" "$(g systemctl list-units --all --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
+expect_eq "no unit file left" "" "$(g systemctl list-unit-files --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
+guest_files "$WORK/files.purged"
+expect_same "apt purge leaves no file of imds-shim (find / -iname '*imds*')" "$WORK/files.pristine" "$WORK/files.purged"
+guest_net "$WORK/net.purged"
+expect_same "apt purge leaves addresses and iptables as before install" "$WORK/net.pristine" "$WORK/net.purged"
+expect_eq "dpkg knows nothing of imds-shim" "" "$(g dpkg-query -W -f='${db:Status-Abbrev}' imds-shim 2>/dev/null || true)"
+
+# -------------------------------------------------------------- the .rpm
+echo "== $(basename "$RPM")"
+rq() { rpm -qp --nosignature "$@" "$RPM" 2>/dev/null; }
+files=$(rq -l)
+for f in /usr/bin/imds-shim /usr/lib/systemd/system/imds-shim.service /etc/imds-shim/imds-shim.yaml \
+	/usr/share/man/man8/imds-shim.8.gz /usr/share/doc/imds-shim/imds-shim.example.yaml /usr/share/licenses/imds-shim/LICENSE; do
+	printf '%s\n' "$files" | grep -qxF "$f" && ok "rpm contains $f" || fail "rpm lacks $f"
+done
+expect_eq "rpm: config is %config(noreplace) 0600" "/etc/imds-shim/imds-shim.yaml cn -rw-------" \
+	"$(rq --qf '[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms}\n]' | grep '^/etc/imds-shim/imds-shim.yaml ')"
+expect_match "rpm requires iptables" "^iptables" "$(rq --requires)"
+scripts=$(rq --scripts)
+expect_match "rpm %post reloads systemd, starts nothing" "daemon-reload" "$(printf '%s' "$scripts" | sed -n '/^postinstall/,/^preuninstall/p')"
+expect_match "rpm %preun stops and cleans up on erase" "imds-shim cleanup" "$(printf '%s' "$scripts" | sed -n '/^preuninstall/,/^postuninstall/p')"
+expect_match "rpm %postun restarts only if running" "try-restart" "$(printf '%s' "$scripts" | sed -n '/^postuninstall/,$p')"
+expect_match "rpm has a %changelog" "imds-shim maintainers" "$(rq --changelog)"
+rr=$WORK/rpmroot
+# Debian's rpm warns on every install that alien exists; that is all it says.
+rpm() { command rpm "$@" 2> >(grep -v -e 'use Alien instead' -e 'assuming you know what you are doing' >&2); }
+rpm --root "$rr" --initdb
+rpm --root "$rr" -i --nodeps --noscripts --nosignature "$RPM" && ok "rpm --root install" || fail "rpm --root install"
+expect_eq "rpm --root: binary runs" ok "$("$rr/usr/bin/imds-shim" version >/dev/null 2>&1 && echo ok)"
+expect_eq "rpm --root: config mode" 600 "$(stat -c %a "$rr/etc/imds-shim/imds-shim.yaml")"
+rpm --root "$rr" -V --nodeps --nosignature imds-shim > "$WORK/rpmv.txt" 2>&1 && ok "rpm -V clean" || fail "rpm -V: $(cat "$WORK/rpmv.txt")"
+rpm --root "$rr" -e --noscripts imds-shim && [ ! -e "$rr/usr/bin/imds-shim" ] && ok "rpm --root erase" || fail "rpm --root erase"
+for p in "$DIST"/imds-shim_*_arm64.deb "$DIST"/imds-shim-*.aarch64.rpm; do
+	case $p in
+	*.deb) dpkg-deb --fsys-tarfile "$p" | tar -xOf - ./usr/bin/imds-shim > "$WORK/arm64.bin" ;;
+	*.rpm) rpm2cpio "$p" | cpio --quiet -i --to-stdout '*usr/bin/imds-shim' > "$WORK/arm64.bin" ;;
+	esac
+	expect_match "$(basename "$p") carries a static arm64 binary" "ARM aarch64.*statically linked" "$(file -b "$WORK/arm64.bin")"
+done
+step "rpm checks"
+
+[ "$FAILED" = 0 ]
