@@ -19,7 +19,9 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -462,9 +464,85 @@ func TestKernelSelfHealing(t *testing.T) {
 
 const helperEnv = "IMDS_SHIM_NETREDIRECT_HELPER"
 
+// crashCounter SIGKILLs the process group right after the n-th change or
+// query the helper makes to the kernel: a crash at an exact step of Cleanup
+// or Setup, with the step itself done and nothing after it.
+type crashCounter struct {
+	steps atomic.Int64
+	at    int64 // 0: never
+}
+
+func (c *crashCounter) step() {
+	if c.steps.Add(1) == c.at {
+		_ = syscall.Kill(0, syscall.SIGKILL)
+		select {} // the signal is on its way
+	}
+}
+
+type crashIPT struct {
+	iptablesAPI
+	c *crashCounter
+}
+
+func (x crashIPT) NewChain(table, chain string) error {
+	defer x.c.step()
+	return x.iptablesAPI.NewChain(table, chain)
+}
+func (x crashIPT) ClearAndDeleteChain(table, chain string) error {
+	defer x.c.step()
+	return x.iptablesAPI.ClearAndDeleteChain(table, chain)
+}
+func (x crashIPT) Append(table, chain string, spec ...string) error {
+	defer x.c.step()
+	return x.iptablesAPI.Append(table, chain, spec...)
+}
+func (x crashIPT) Insert(table, chain string, pos int, spec ...string) error {
+	defer x.c.step()
+	return x.iptablesAPI.Insert(table, chain, pos, spec...)
+}
+func (x crashIPT) Delete(table, chain string, spec ...string) error {
+	defer x.c.step()
+	return x.iptablesAPI.Delete(table, chain, spec...)
+}
+func (x crashIPT) DeleteById(table, chain string, id int) error {
+	defer x.c.step()
+	return x.iptablesAPI.DeleteById(table, chain, id)
+}
+func (x crashIPT) ListTable(table string) ([]string, error) {
+	defer x.c.step()
+	return x.iptablesAPI.ListTable(table)
+}
+
+type crashLinks struct {
+	linksAPI
+	c *crashCounter
+}
+
+func (x crashLinks) LinkAdd(l netlink.Link) error {
+	defer x.c.step()
+	return x.linksAPI.LinkAdd(l)
+}
+func (x crashLinks) LinkDel(l netlink.Link) error {
+	defer x.c.step()
+	return x.linksAPI.LinkDel(l)
+}
+func (x crashLinks) AddrAdd(l netlink.Link, a *netlink.Addr) error {
+	defer x.c.step()
+	return x.linksAPI.AddrAdd(l, a)
+}
+func (x crashLinks) AddrDel(l netlink.Link, a *netlink.Addr) error {
+	defer x.c.step()
+	return x.linksAPI.AddrDel(l, a)
+}
+func (x crashLinks) AddrList(l netlink.Link, family int) ([]netlink.Addr, error) {
+	defer x.c.step()
+	return x.linksAPI.AddrList(l, family)
+}
+
 // helperMain runs instead of the tests when the crash test starts this
-// binary as a stand-in daemon: optionally Cleanup, then Setup, then "ready"
-// on stdout, then wait to be killed.
+// binary as a stand-in daemon: optionally Cleanup, then Setup, on the real
+// kernel, crashing after the n-th kernel step if asked; then "ready" on
+// stdout, then wait to be killed.
 func helperMain() bool {
 	mode := os.Getenv(helperEnv)
 	if mode == "" {
@@ -474,14 +552,27 @@ func helperMain() bool {
 		fmt.Fprintln(os.Stderr, "helper: refusing to run outside the test's private network namespace")
 		os.Exit(2)
 	}
+	n, _ := strconv.Atoi(os.Getenv(helperEnv + "_CRASH_AT"))
+	c := &crashCounter{at: int64(n)}
+	sys := hostSystem()
+	open := sys.iptables
+	sys.iptables = func(b string) (iptablesAPI, error) {
+		ipt, err := open(b)
+		if err != nil {
+			return nil, err
+		}
+		return crashIPT{ipt, c}, nil
+	}
+	sys.links = crashLinks{sys.links, c}
 	ctx := context.Background()
 	if strings.Contains(mode, "cleanup") {
-		if err := Cleanup(ctx, nil); err != nil {
+		if err := cleanup(ctx, nil, sys); err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			os.Exit(1)
 		}
 	}
-	r, err := New(Config{Link: LinkLo, Backend: BackendNFT, Target: netip.MustParseAddrPort(os.Getenv(helperEnv + "_TARGET"))}, Options{})
+	cfg := Config{Link: LinkLo, Backend: BackendNFT, Target: netip.MustParseAddrPort(os.Getenv(helperEnv + "_TARGET"))}
+	r, err := newRedirector(cfg, Options{}, sys)
 	if err == nil {
 		err = r.Setup(ctx)
 	}
@@ -489,26 +580,29 @@ func helperMain() bool {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		os.Exit(1)
 	}
-	fmt.Println("ready")
+	fmt.Println("ready", c.steps.Load())
 	select {}
 }
 
-// TestKernelCrashCycles starts a stand-in daemon 50 times and SIGKILLs it
-// each time, half of the time at a random moment of its start (a crash in
-// the middle of Setup), half after it is ready. The process group is killed,
-// as systemd kills the unit's cgroup, so no orphaned iptables command runs
-// on into the next start. Afterwards exactly one copy of each rule and of
-// the address must be installed.
+// TestKernelCrashCycles starts a stand-in daemon 50 times on the real kernel
+// and kills it with SIGKILL each time: four times in five right after a
+// random step of its Cleanup and Setup (an address or rule just added or
+// removed, a listing just read), else once it is ready. The whole process
+// group dies, as systemd kills the unit's cgroup, so no orphaned iptables
+// command runs on into the next start. Afterwards exactly one copy of each
+// rule and of the address must be installed.
 func TestKernelCrashCycles(t *testing.T) {
 	nstest.RequireRootNetns(t)
 	cleanHost(t)
 	before := hostState(t)
 	target := listener(t)
-	var readyTimes []time.Duration
-	start := func(mode string, killAfter time.Duration) {
+	// start runs the helper; it returns how many steps the helper took to
+	// get ready, or 0 if it crashed itself before.
+	start := func(mode string, crashAt int) int {
 		t.Helper()
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperEnv+"_TARGET="+target.String())
+		cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperEnv+"_TARGET="+target.String(),
+			helperEnv+"_CRASH_AT="+strconv.Itoa(crashAt))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
@@ -518,38 +612,63 @@ func TestKernelCrashCycles(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t1 := time.Now()
-		if killAfter > 0 {
-			// A crash point, not synchronisation: the result must be the
-			// same wherever the kill lands.
-			time.Sleep(killAfter)
-		} else if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			_ = cmd.Wait()
-			t.Fatalf("helper did not get ready: %q, %v", line, err)
-		} else {
-			readyTimes = append(readyTimes, time.Since(t1))
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		steps := 0
+		if _, err := fmt.Sscanf(line, "ready %d\n", &steps); err == nil {
+			if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
+		err = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("helper (mode %s, crash at %d) ended with %v, not SIGKILL (said %q)", mode, crashAt, err, line)
 		}
-		_ = cmd.Wait()
+		return steps
 	}
+	states := map[string]int{}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	t0 := time.Now()
+	crashed, crashTime := 0, time.Duration(0)
+	steps := map[string]int{} // steps to ready, per mode, as last seen
 	for i := range 50 {
 		mode := "setup"
-		if i%4 == 0 {
+		if i%2 == 0 {
 			mode = "cleanup+setup" // as the daemon starts
 		}
-		var kill time.Duration
-		if i%2 == 1 {
-			kill = time.Duration(1+rng.IntN(200)) * time.Millisecond // Setup takes about 200 ms here
+		crashAt := 0 // run until ready, then get killed
+		if n := steps[mode]; n > 0 && i%5 != 4 {
+			crashAt = 1 + rng.IntN(n)
 		}
-		start(mode, kill)
+		c0 := time.Now()
+		if n := start(mode, crashAt); n > 0 {
+			steps[mode] = max(steps[mode], n)
+		} else {
+			crashed++
+			crashTime += time.Since(c0)
+		}
+		// Where did the crash leave the host? Only logged: the assertion
+		// is on the state after the last start.
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs, err := netlink.AddrList(lo, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.IPv4(169, 254, 169, 254)) })
+		rules := strings.Count(run(t, "iptables-nft-save"), "IMDS-SHIM")
+		states[fmt.Sprintf("addr=%t rules=%d/6", addr, rules)]++
 	}
-	start("setup", 0) // a last start that completes before its crash
-	t.Logf("51 start/SIGKILL cycles took %v; exec to ready (Setup over leftovers): %v", time.Since(t0), readyTimes)
+	readyStart := time.Now()
+	if start("setup", 0) == 0 { // a last start that completes before its kill
+		t.Fatal("the last start did not get ready")
+	}
+	t.Logf("51 start/SIGKILL cycles took %v (%d crashed mid-way, %v on average; steps to ready %v); the last start took %v; states left: %v",
+		time.Since(t0), crashed, crashTime/time.Duration(max(crashed, 1)), steps, time.Since(readyStart), states)
+	if crashed < 20 {
+		t.Errorf("only %d of 50 starts crashed mid-way; the crash points are not being reached", crashed)
+	}
 
 	got := iptablesSave(t, BackendNFT)
 	for _, rule := range Plan(Config{Target: target}) {

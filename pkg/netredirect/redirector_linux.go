@@ -43,9 +43,26 @@ type system struct {
 }
 
 func hostSystem() system {
+	// Opening a backend runs `iptables --version`; do it once per backend.
+	var (
+		mu     sync.Mutex
+		opened = map[string]iptablesAPI{}
+	)
+	open := func(backend string) (iptablesAPI, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ipt, ok := opened[backend]; ok {
+			return ipt, nil
+		}
+		ipt, err := openIPTables(backend)
+		if err == nil {
+			opened[backend] = ipt
+		}
+		return ipt, err
+	}
 	return system{
 		links:    netlinkLinks{h: &netlink.Handle{}},
-		iptables: openIPTables,
+		iptables: open,
 		mode:     iptablesMode,
 		ticker: func(d time.Duration) (<-chan time.Time, func()) {
 			t := time.NewTicker(d)
