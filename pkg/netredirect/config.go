@@ -42,13 +42,17 @@ const (
 	filterChain = ChainPrefix + "FORWARD"
 )
 
-// Defaults of Config; DefaultConfig returns them all.
-var (
-	DefaultAddr             = netip.MustParseAddr("169.254.169.254")
-	DefaultTarget           = netip.MustParseAddrPort("127.0.0.1:8254")
+// Defaults of Config; DefaultConfig returns them all, including the address
+// 169.254.169.254 and the target 127.0.0.1:8254.
+const (
 	DefaultPort      uint16 = 80
 	DefaultDummyName        = "imds0"
 	DefaultReconcile        = 10 * time.Second
+)
+
+var (
+	defaultAddr   = netip.AddrFrom4([4]byte{169, 254, 169, 254})
+	defaultTarget = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 8254)
 )
 
 // maxIfNameLen is the longest interface name (and address label) the kernel
@@ -81,7 +85,7 @@ func DefaultConfig() Config { return Config{}.WithDefaults() }
 // WithDefaults returns c with each zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if !c.Addr.IsValid() {
-		c.Addr = DefaultAddr
+		c.Addr = defaultAddr
 	}
 	if c.Port == 0 {
 		c.Port = DefaultPort
@@ -93,7 +97,7 @@ func (c Config) WithDefaults() Config {
 		c.DummyName = DefaultDummyName
 	}
 	if !c.Target.IsValid() {
-		c.Target = DefaultTarget
+		c.Target = defaultTarget
 	}
 	if c.Backend == "" {
 		c.Backend = BackendAuto

@@ -116,8 +116,8 @@ func TestValidate(t *testing.T) {
 	if err := (Config{}).Validate(); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
-	if got := DefaultConfig(); got.Addr != DefaultAddr || got.Port != 80 || got.Link != LinkAuto ||
-		got.DummyName != "imds0" || got.Target != DefaultTarget || got.Backend != BackendAuto || got.ReconcileInterval != 10*time.Second {
+	if got := DefaultConfig(); got.Addr != defaultAddr || got.Port != 80 || got.Link != LinkAuto ||
+		got.DummyName != "imds0" || got.Target != defaultTarget || got.Backend != BackendAuto || got.ReconcileInterval != 10*time.Second {
 		t.Errorf("DefaultConfig() = %+v", got)
 	}
 	for _, tc := range []struct {
