@@ -78,4 +78,4 @@ lint-packages: package
 	done
 
 e2e: package
-	setsid test/e2e/run.sh $(PKG_OUT) < /dev/null
+	setsid --wait test/e2e/run.sh $(PKG_OUT) < /dev/null

@@ -58,8 +58,8 @@ expect_same() {
 }
 
 [ "$(id -u)" = 0 ] || die "must run as root (it boots a container and creates a network namespace)"
-for c in systemd-nspawn mmdebstrap nsenter ip iptables-save iptables-legacy-save rpm dpkg-deb curl flock go file; do
-	command -v "$c" >/dev/null || die "missing $c (apt-get install systemd-container mmdebstrap rpm iptables iproute2 curl file)"
+for c in systemd-nspawn mmdebstrap nsenter ip iptables-save iptables-legacy-save rpm dpkg-deb curl flock go; do
+	command -v "$c" >/dev/null || die "missing $c (apt-get install systemd-container mmdebstrap rpm iptables iproute2 curl)"
 done
 python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator; see ../shared/TESTENV.md §3)"
 shopt -s nullglob
@@ -176,8 +176,11 @@ curl -fs -o /dev/null "$STS/moto-api/" || die "moto did not come up on $STS"
 step "netns $NS + veth, moto STS on $STS"
 
 # ------------------------------------------------------------------- boot
+# With --network-namespace-path nspawn does not treat the network as private
+# and drops CAP_NET_ADMIN from the guest; the netns is the test's own, so
+# hand it back (the daemon needs it for netlink and iptables).
 systemd-nspawn -D "$ROOTFS" -M "$MACHINE" -b --register=no --keep-unit --console=read-only \
-	--volatile=overlay --link-journal=no --network-namespace-path="/run/netns/$NS" \
+	--volatile=overlay --link-journal=no --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$NS" \
 	--bind-ro="$WORK/xfer":/xfer > "$WORK/nspawn.log" 2>&1 < /dev/null &
 NSPID=$!
 # The guest's PID 1 is nspawn's child named systemd in ANOTHER pid namespace.
@@ -299,12 +302,14 @@ clients() { # clients ROLENAME
 	out=$(g aws sts get-caller-identity --endpoint-url "$STS" --output text --query Arn 2>&1 || true)
 	expect_eq "aws CLI v2 (no AWS configuration): assumed role" "$1" "$(printf '%s' "$out" | role_of)"
 	[ "$(printf '%s' "$out" | role_of)" = "$1" ] || echo "         aws said: $out"
+	# botocore 1.29 (bookworm) takes no region from IMDS, unlike the AWS CLI v2
+	# and the Go SDK, so boto3 is given the region like the endpoint.
 	out=$(g python3 -c '
 import sys, boto3
 s = boto3.Session()
 c = s.get_credentials()
-arn = s.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()["Arn"]
-print(c.method, arn)' "$STS" 2>&1 || true)
+arn = s.client("sts", endpoint_url=sys.argv[1], region_name=sys.argv[2]).get_caller_identity()["Arn"]
+print(c.method, arn)' "$STS" us-east-1 2>&1 || true)
 	expect_eq "boto3 (no AWS configuration): assumed role" "$1" "$(printf '%s' "$out" | role_of)"
 	expect_match "boto3 got its credentials from IMDS" "^iam-role " "$out"
 	out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
@@ -312,6 +317,15 @@ print(c.method, arn)' "$STS" 2>&1 || true)
 	expect_match "Go SDK got its credentials from IMDS" "source=EC2RoleProvider" "$out"
 }
 clients e2e-first
+expect_match "STATUS= tells systemd what it serves" "." "$(g systemctl show -p StatusText --value imds-shim)"
+# The secrets it serves never reach the journal.
+token=$(g curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token || true)
+secret=$(g curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/iam/security-credentials/e2e-first \
+	| sed -n 's/.*"SecretAccessKey" *: *"\([^"]*\)".*/\1/p')
+[ -n "$secret" ] || fail "no SecretAccessKey in the credential document"
+if [ -n "$secret" ] && g journalctl -u imds-shim.service --no-pager -o cat | grep -qF "$secret"; then
+	fail "the journal contains a served SecretAccessKey"
+else ok "no served secret in the journal"; fi
 step "clients: curl, aws CLI, boto3, Go SDK"
 
 # ----------------------------------------------------------------- reload
@@ -323,7 +337,14 @@ expect_eq "active after reload" active "$(g systemctl is-active imds-shim || tru
 clients e2e-second
 g imds-shim status > "$WORK/status.txt" 2>&1 && ok "imds-shim status answers" || fail "imds-shim status: $(cat "$WORK/status.txt")"
 expect_match "imds-shim status names the new role" "e2e-second" "$(cat "$WORK/status.txt")"
-step "systemctl reload with a new role"
+# An invalid configuration is refused on reload; the old one keeps serving.
+gsh 'cp /etc/imds-shim/imds-shim.yaml /root/good.yaml; sed -i "s/^role_arn: .*/role_arn: not-an-arn/" /etc/imds-shim/imds-shim.yaml'
+g systemctl reload imds-shim 2>/dev/null || true
+expect_eq "a bad config on reload keeps the daemon active" active "$(g systemctl is-active imds-shim || true)"
+out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+expect_eq "a bad config on reload keeps serving the old role" e2e-second "$(printf '%s' "$out" | role_of)"
+gsh 'cp /root/good.yaml /etc/imds-shim/imds-shim.yaml && rm /root/good.yaml'
+step "systemctl reload with a new role, then a bad config"
 
 # ------------------------------------------- upgrade (reinstall) while running
 pid_before=$(g systemctl show -p MainPID --value imds-shim)
@@ -401,12 +422,27 @@ expect_eq "rpm --root: binary runs" ok "$("$rr/usr/bin/imds-shim" version >/dev/
 expect_eq "rpm --root: config mode" 600 "$(stat -c %a "$rr/etc/imds-shim/imds-shim.yaml")"
 rpm --root "$rr" -V --nodeps --nosignature imds-shim > "$WORK/rpmv.txt" 2>&1 && ok "rpm -V clean" || fail "rpm -V: $(cat "$WORK/rpmv.txt")"
 rpm --root "$rr" -e --noscripts imds-shim && [ ! -e "$rr/usr/bin/imds-shim" ] && ok "rpm --root erase" || fail "rpm --root erase"
+# elf_kind FILE: "aarch64 static" for a statically linked arm64 ELF binary.
+elf_kind() {
+	python3 - "$1" <<'PY'
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+assert b[:4] == b"\x7fELF" and b[4] == 2 and b[5] == 1, "not a little-endian ELF64 file"
+machine = {0xB7: "aarch64", 0x3E: "x86_64"}.get(struct.unpack_from("<H", b, 18)[0], "other")
+phoff, = struct.unpack_from("<Q", b, 32)
+phentsize, phnum = struct.unpack_from("<HH", b, 54)
+interp = any(struct.unpack_from("<I", b, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+print(machine, "dynamic" if interp else "static")
+PY
+}
 for p in "$DIST"/imds-shim_*_arm64.deb "$DIST"/imds-shim-*.aarch64.rpm; do
 	case $p in
 	*.deb) dpkg-deb --fsys-tarfile "$p" | tar -xOf - ./usr/bin/imds-shim > "$WORK/arm64.bin" ;;
-	*.rpm) rpm2cpio "$p" | cpio --quiet -i --to-stdout '*usr/bin/imds-shim' > "$WORK/arm64.bin" ;;
+	# rpm2cpio exits 1 on nfpm's packages after writing the whole archive
+	# (rpmpack leaves the payload-size tag unset); the extracted file is checked.
+	*.rpm) { rpm2cpio "$p" || true; } | cpio --quiet -i --to-stdout '*usr/bin/imds-shim' > "$WORK/arm64.bin" ;;
 	esac
-	expect_match "$(basename "$p") carries a static arm64 binary" "ARM aarch64.*statically linked" "$(file -b "$WORK/arm64.bin")"
+	expect_eq "$(basename "$p") carries a static arm64 binary" "aarch64 static" "$(elf_kind "$WORK/arm64.bin")"
 done
 step "rpm checks"
 
