@@ -9,7 +9,8 @@
 # STS emulator listens. Inside, the .deb is installed with apt and driven the
 # way an operator would: configure, `systemctl enable --now`, AWS CLI, boto3
 # and the Go SDK with no AWS configuration at all, reload with a new role,
-# reinstall (upgrade) while running, kill -9, stop, purge. The .rpm is
+# reinstall (upgrade) while running, kill -9, the iptables-legacy backend,
+# stop, purge. The .rpm is
 # checked with rpm queries and an install into an `rpm --root` tree.
 #
 # Nothing of the host is changed: the guest runs on a tmpfs overlay of the
@@ -373,6 +374,19 @@ expect_same "after kill -9 and restart: exactly one copy of every rule and addre
 out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
 expect_eq "credentials served after the restart" e2e-second "$(printf '%s' "$out" | role_of)"
 step "kill -9 -> restart"
+
+# ------------------------------------------- iptables-legacy under the sandbox
+# Hosts whose firewall is iptables-legacy get the rules there; that needs the
+# xtables lock, the one path under /run the unit may write.
+write_config "$ROLE2"
+gsh 'printf "network:\n  backend: legacy\n" >> /etc/imds-shim/imds-shim.yaml'
+g systemctl reload imds-shim || fail "reload to the legacy backend"
+expect_eq "active on the legacy backend" active "$(g systemctl is-active imds-shim || true)"
+guest_net "$WORK/net.legacy"
+expect_match "the DNAT moved to iptables-legacy" "^## iptables-legacy-save" "$(grep -E '^## |DNAT' "$WORK/net.legacy" | grep -B1 DNAT | head -n 1)"
+out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+expect_eq "credentials served through iptables-legacy" e2e-second "$(printf '%s' "$out" | role_of)"
+step "reload onto iptables-legacy"
 
 # ------------------------------------------------------------------- stop
 g systemctl stop imds-shim
