@@ -62,19 +62,21 @@ package-reproducible:
 	(cd $$tmp/b && sha256sum -c --quiet) < $$tmp/a.sum; \
 	echo "reproducible: $$(wc -l < $$tmp/a.sum) packages byte-identical across two builds"; cat $$tmp/a.sum
 
-# lintian and rpmlint run unprivileged. rpmlint also gets a cpio that refuses
-# absolute names: nfpm's rpm payloads use them, and rpmlint run as root
-# would unpack them into / (../shared/TESTENV.md §4).
+# lintian and rpmlint run unprivileged (as nobody, on copies in a private
+# directory). rpmlint also gets a cpio that refuses absolute names: nfpm's
+# rpm payloads use them, and rpmlint run as root would unpack them into /.
 lint-packages: package
 	@set -euo pipefail; safe=$$(mktemp -d); trap 'rm -rf "$$safe"' EXIT; chmod 755 $$safe; \
 	printf '#!/bin/sh\nexec /usr/bin/cpio --no-absolute-filenames "$$@"\n' > $$safe/cpio; chmod 755 $$safe/cpio; \
-	for deb in $(PKG_OUT)/imds-shim_*.deb; do \
+	cp $(PKG_OUT)/imds-shim_*.deb $(PKG_OUT)/imds-shim-*.rpm packaging/rpm/rpmlint.toml $$safe/; chmod 644 $$safe/imds-shim* $$safe/rpmlint.toml; \
+	cd $$safe; \
+	for deb in imds-shim_*.deb; do \
 	  echo "lintian $$deb"; \
 	  runuser -u nobody -- env HOME=$$safe TMPDIR=$$safe lintian --fail-on error,warning --display-info --info $$deb; \
 	done; \
-	for rpm in $(PKG_OUT)/imds-shim-*.rpm; do \
+	for rpm in imds-shim-*.rpm; do \
 	  echo "rpmlint $$rpm"; \
-	  runuser -u nobody -- env HOME=$$safe TMPDIR=$$safe PATH=$$safe:$$PATH rpmlint --config packaging/rpm/rpmlint.toml $$rpm; \
+	  runuser -u nobody -- env HOME=$$safe TMPDIR=$$safe PATH=$$safe:$$PATH rpmlint --config rpmlint.toml $$rpm; \
 	done
 
 e2e: package

@@ -71,12 +71,17 @@ rpms=("$DIST"/imds-shim-*.x86_64.rpm)
 DEB=${debs[0]} RPM=${rpms[0]}
 shopt -u nullglob
 
+# One run at a time on this host, whatever the cache: the netns, veth and
+# addresses have fixed names.
 mkdir -p "$CACHE"
-exec 9> "$CACHE/lock"
-flock -w 900 9 || die "another e2e run holds $CACHE/lock"
+exec 9> /var/tmp/imds-shim-e2e.lock
+flock -w 900 9 || die "another e2e run holds /var/tmp/imds-shim-e2e.lock"
 
 WORK=$(mktemp -d /tmp/imds-shim-e2e.XXXXXX)
-mkdir -p "$WORK/xfer"
+mkdir -p "$WORK/xfer" "$WORK/pkgs"
+# Work on copies, so a `make package` running meanwhile cannot pull them away.
+cp "$DIST"/imds-shim_*.deb "$DIST"/imds-shim-*.rpm "$WORK/pkgs/"
+DEB=$WORK/pkgs/$(basename "$DEB") RPM=$WORK/pkgs/$(basename "$RPM") DIST=$WORK/pkgs
 NSPID= MOTOPID= L= LEADERNS=
 
 # --------------------------------------------------------- host snapshots
