@@ -16,8 +16,9 @@ PKG_BUILD       := $(PKG_OUT)/build
 EXAMPLE_CONFIG  ?= packaging/imds-shim.example.yaml
 # Extra flags for the recursive make of package-reproducible.
 PKG_MAKEFLAGS   ?=
-# Version from `git describe` (packaging/version.sh); every timestamp in the
-# packages is the commit time, so one commit always gives the same bytes.
+# Version from `git describe` (packaging/version.sh), also what
+# `imds-shim version` prints; every timestamp in the packages is the commit
+# time, so one commit always gives the same bytes.
 ifeq ($(origin PKG_VERSION),undefined)
 PKG_VERSION     := $(shell packaging/version.sh 2>/dev/null || echo 0.0.0~unknown)
 endif
@@ -35,7 +36,7 @@ package: $(NFPM)
 	rm -rf $(PKG_BUILD); mkdir -p $(PKG_BUILD); \
 	rm -f $(PKG_OUT)/imds-shim_*.deb $(PKG_OUT)/imds-shim-*.rpm; \
 	for arch in $(PKG_ARCHES); do \
-	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS) -buildid=' \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS) -X main.version=$(PKG_VERSION) -buildid=' \
 	    -o $(PKG_BUILD)/$$arch/imds-shim $(PKG_MAIN); \
 	done; \
 	cp systemd/imds-shim.service packaging/tmpfiles.conf packaging/imds-shim.yaml packaging/LICENSE $(PKG_BUILD)/; \
@@ -54,7 +55,7 @@ package: $(NFPM)
 # for both, in case HEAD moves in between.
 package-reproducible:
 	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	pin="PKG_VERSION=$(PKG_VERSION) PKG_EPOCH=$(PKG_EPOCH) VERSION=$(VERSION)"; \
+	pin="PKG_VERSION=$(PKG_VERSION) PKG_EPOCH=$(PKG_EPOCH)"; \
 	$(MAKE) --no-print-directory $(PKG_MAKEFLAGS) package PKG_OUT=$$tmp/a $$pin >/dev/null; \
 	touch packaging/* systemd/imds-shim.service; \
 	$(MAKE) --no-print-directory $(PKG_MAKEFLAGS) package PKG_OUT=$$tmp/b GOCACHE=$$tmp/gocache $$pin >/dev/null; \

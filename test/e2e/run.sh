@@ -258,6 +258,8 @@ expect_eq "installing does not enable the daemon" disabled "$(g systemctl is-ena
 expect_eq "shipped config is 0600 root" "600 root" "$(g stat -c '%a %U' /etc/imds-shim/imds-shim.yaml)"
 expect_eq "dpkg marks the config as a conffile" "/etc/imds-shim/imds-shim.yaml" \
 	"$(g dpkg-query -W -f='${Conffiles}' imds-shim | awk 'NF{print $1}')"
+pkgver=$(g dpkg-query -W -f='${Version}' imds-shim)
+expect_eq "imds-shim version matches the package" "imds-shim ${pkgver%-*}" "$(g imds-shim version)"
 expect_match "man page installed" "imds-shim" "$(g zcat /usr/share/man/man8/imds-shim.8.gz | head -n 5)"
 verify=$(g systemd-analyze verify --man=no imds-shim.service 2>&1) && [ -z "$(printf '%s' "$verify" | grep -i imds)" ] \
 	&& ok "systemd-analyze verify imds-shim.service is clean" || fail "systemd-analyze verify: $verify"
@@ -402,8 +404,19 @@ g env DEBIAN_FRONTEND=noninteractive dpkg -i "/xfer/$DEBNAME" > "$WORK/upgrade.t
 expect_eq "upgrade leaves a stopped daemon stopped" inactive "$(g systemctl is-active imds-shim || true)"
 step "stop; upgrade while stopped"
 
+# --------------------------------------------------------------- watchdog
+# WATCHDOG=1 keeps coming under the sandbox: with a 1 s watchdog (a drop-in,
+# removed again) the daemon survives several periods without a restart.
+gsh 'mkdir -p /run/systemd/system/imds-shim.service.d && printf "[Service]\nWatchdogSec=1s\n" > /run/systemd/system/imds-shim.service.d/e2e-watchdog.conf && systemctl daemon-reload'
+g systemctl start imds-shim || fail "start with a 1 s watchdog"
+sleep 3.5
+expect_eq "watchdog: still active after 3.5 periods" active "$(g systemctl is-active imds-shim || true)"
+expect_eq "watchdog: no restart" 0 "$(g systemctl show -p NRestarts --value imds-shim)"
+expect_eq "watchdog: WatchdogUSec in effect" 1s "$(g systemctl show -p WatchdogUSec --value imds-shim)"
+gsh 'rm -r /run/systemd/system/imds-shim.service.d && systemctl daemon-reload'
+step "watchdog pings"
+
 # ------------------------------------------------------------------ purge
-g systemctl start imds-shim || fail "start before purge"
 guest_journal
 g env DEBIAN_FRONTEND=noninteractive apt-get purge -y imds-shim > "$WORK/purge.txt" 2>&1 || { cat "$WORK/purge.txt"; fail "apt purge failed"; }
 step "apt purge (while running)"
