@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"time"
 )
 
 // ceilingMain serves a fixed body of -size bytes for every request: the
@@ -15,6 +16,7 @@ func ceilingMain(args []string) error {
 	fs := flag.NewFlagSet("ceiling", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	size := fs.Int("size", 1200, "body size in bytes (the credential document's)")
+	timeouts := fs.Bool("timeouts", false, "set the daemon's http.Server timeouts (pkg/daemon newAPIServer)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -24,9 +26,17 @@ func ceilingMain(args []string) error {
 		return fmt.Errorf("listening on %s: %w", *addr, err)
 	}
 	announce(ln)
-	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write(body)
-	}))
+	})}
+	if *timeouts {
+		// As pkg/daemon configures the API server: every request then arms
+		// read and write deadlines on its connection.
+		srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout =
+			5*time.Second, 10*time.Second, 10*time.Second, 90*time.Second
+		srv.MaxHeaderBytes = 16 << 10
+	}
+	return srv.Serve(ln)
 }
 
 // announce tells the parent, on stdout, where the server listens.

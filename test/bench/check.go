@@ -34,39 +34,79 @@ type credDoc struct {
 	Code, Type, AccessKeyId, SecretAccessKey, Token, Expiration, LastUpdated string
 }
 
+// checkOpts says what a check run loads and for how long.
+type checkOpts struct {
+	addr, host, role string
+	conns            int
+	requests         int64         // stop after this many; 0: run for duration
+	duration         time.Duration // used when requests is 0
+	every            int64         // every n-th request fetches a new token
+}
+
 // checkMain loads an IMDS endpoint over keep-alive connections and checks
 // every answer: each token PUT must return a token, and each credential GET
 // a complete, unexpired document. Every -every'th request is a PUT for a
 // fresh token, so the run uses requests/every distinct tokens.
 func checkMain(args []string) error {
+	var o checkOpts
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	addr := fs.String("addr", "", "host:port to connect to")
-	host := fs.String("host", "169.254.169.254", "Host header")
-	role := fs.String("role", "", "role name under security-credentials/")
-	conns := fs.Int("c", 8, "connections")
-	requests := fs.Int64("requests", 0, "stop after this many requests (0: run for -duration)")
-	duration := fs.Duration("duration", 10*time.Second, "how long to run when -requests is 0")
-	every := fs.Int64("every", 1000, "every n-th request fetches a new token")
+	fs.StringVar(&o.addr, "addr", "", "host:port to connect to")
+	fs.StringVar(&o.host, "host", "169.254.169.254", "Host header")
+	fs.StringVar(&o.role, "role", "", "role name under security-credentials/")
+	fs.IntVar(&o.conns, "c", 8, "connections")
+	fs.Int64Var(&o.requests, "requests", 0, "stop after this many requests (0: run for -duration)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run when -requests is 0")
+	fs.Int64Var(&o.every, "every", 1000, "every n-th request fetches a new token")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *addr == "" || *role == "" || *every < 1 {
-		return errors.New("check needs -addr, -role and -every >= 1")
+	if o.addr == "" || o.role == "" || o.every < 1 || o.conns < 1 {
+		return errors.New("check needs -addr, -role, -c >= 1 and -every >= 1")
 	}
+	return json.NewEncoder(os.Stdout).Encode(check(o))
+}
+
+// Verdicts on one credential document.
+const (
+	docOK      = "ok"
+	docEmpty   = "empty"   // not JSON, not Code=Success, or a field missing or empty
+	docExpired = "expired" // Expiration not after the time of receipt
+)
+
+// inspect judges a credential document received at now, and returns its
+// access key ID and age (now - LastUpdated) when it is usable.
+func inspect(body []byte, now time.Time) (verdict, key string, age time.Duration) {
+	var d credDoc
+	if err := json.Unmarshal(body, &d); err != nil || d.Code != "Success" || d.Type != "AWS-HMAC" ||
+		d.AccessKeyId == "" || d.SecretAccessKey == "" || d.Token == "" {
+		return docEmpty, "", 0
+	}
+	exp, err1 := time.Parse(time.RFC3339, d.Expiration)
+	upd, err2 := time.Parse(time.RFC3339, d.LastUpdated)
+	if err1 != nil || err2 != nil {
+		return docEmpty, "", 0
+	}
+	if !exp.After(now) {
+		return docExpired, d.AccessKeyId, now.Sub(upd)
+	}
+	return docOK, d.AccessKeyId, now.Sub(upd)
+}
+
+func check(o checkOpts) checkResult {
 	var (
 		next     atomic.Int64
 		res      checkResult
 		mu       sync.Mutex
 		keys     = map[string]bool{}
-		deadline = time.Now().Add(*duration)
+		deadline = time.Now().Add(o.duration)
 		wg       sync.WaitGroup
 	)
-	putReq := []byte("PUT /latest/api/token HTTP/1.1\r\nHost: " + *host +
+	putReq := []byte("PUT /latest/api/token HTTP/1.1\r\nHost: " + o.host +
 		"\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\n\r\n")
-	getPrefix := "GET /latest/meta-data/iam/security-credentials/" + *role + " HTTP/1.1\r\nHost: " + *host +
+	getPrefix := "GET /latest/meta-data/iam/security-credentials/" + o.role + " HTTP/1.1\r\nHost: " + o.host +
 		"\r\nX-aws-ec2-metadata-token: "
 	start := time.Now()
-	for range *conns {
+	for range o.conns {
 		wg.Go(func() {
 			var (
 				c      *client
@@ -86,18 +126,18 @@ func checkMain(args []string) error {
 			)
 			for {
 				i := next.Add(1) - 1
-				if *requests > 0 && i >= *requests || *requests == 0 && time.Now().After(deadline) {
+				if o.requests > 0 && i >= o.requests || o.requests == 0 && time.Now().After(deadline) {
 					break
 				}
 				local.Requests++
 				if c == nil {
 					var err error
-					if c, err = dial(*addr); err != nil {
+					if c, err = dial(o.addr); err != nil {
 						fail(err)
 						continue
 					}
 				}
-				if getReq == nil || i%*every == 0 {
+				if getReq == nil || i%o.every == 0 {
 					local.Puts++
 					status, body, err := c.do(putReq, http.MethodPut)
 					if err == nil && (status != 200 || len(body) == 0) {
@@ -120,26 +160,16 @@ func checkMain(args []string) error {
 					fail(err)
 					continue
 				}
-				now := time.Now()
-				var d credDoc
-				if err := json.Unmarshal(body, &d); err != nil || d.Code != "Success" || d.Type != "AWS-HMAC" ||
-					d.AccessKeyId == "" || d.SecretAccessKey == "" || d.Token == "" {
+				verdict, key, age := inspect(body, time.Now())
+				switch verdict {
+				case docEmpty:
 					local.Empty++
 					continue
-				}
-				exp, err1 := time.Parse(time.RFC3339, d.Expiration)
-				upd, err2 := time.Parse(time.RFC3339, d.LastUpdated)
-				if err1 != nil || err2 != nil {
-					local.Empty++
-					continue
-				}
-				if !exp.After(now) {
+				case docExpired:
 					local.Expired++
 				}
-				if age := now.Sub(upd).Milliseconds(); age > local.MaxAgeMS {
-					local.MaxAgeMS = age
-				}
-				lkeys[d.AccessKeyId] = true
+				local.MaxAgeMS = max(local.MaxAgeMS, age.Milliseconds())
+				lkeys[key] = true
 			}
 			if c != nil {
 				c.close()
@@ -164,7 +194,7 @@ func checkMain(args []string) error {
 	wg.Wait()
 	res.Seconds = time.Since(start).Seconds()
 	res.DistinctKeys = len(keys)
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return res
 }
 
 // client is one keep-alive HTTP/1.1 connection with pre-rendered requests,

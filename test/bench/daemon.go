@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -157,3 +158,35 @@ func redirectInstalled() bool {
 	}
 	return false
 }
+
+// startPhases reads, from the daemon's own log, how long each start's
+// first AssumeRole and network setup took: the parts of exec-to-READY
+// that are not the process's own start.
+func startPhases(logPath string) (fetch, network []time.Duration) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return nil, nil
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.Contains(line, `msg="credentials refreshed"`):
+			if m := latencyRE.FindStringSubmatch(line); m != nil {
+				if d, err := time.ParseDuration(m[1]); err == nil {
+					fetch = append(fetch, d)
+				}
+			}
+		case strings.Contains(line, `msg="redirect set up"`):
+			if m := durationRE.FindStringSubmatch(line); m != nil {
+				if d, err := time.ParseDuration(m[1]); err == nil {
+					network = append(network, d)
+				}
+			}
+		}
+	}
+	return fetch, network
+}
+
+var (
+	latencyRE  = regexp.MustCompile(` latency=(\S+)`)
+	durationRE = regexp.MustCompile(` duration=(\S+)`)
+)

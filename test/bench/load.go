@@ -24,7 +24,10 @@ type wrkResult struct {
 	P50US      int64 `json:"p50_us"`
 	P99US      int64 `json:"p99_us"`
 	MaxUS      int64 `json:"max_us"`
+
+	cpu time.Duration // the server's CPU time during the run
 }
+
 
 func (r wrkResult) rps() float64 { return float64(r.Requests) / (float64(r.DurationUS) / 1e6) }
 func (r wrkResult) errors() int64 {

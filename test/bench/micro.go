@@ -24,7 +24,7 @@ var benchLine = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+([\d.]+) ns/op\s+(\d
 // runMicro runs pkg/imds's benchmarks from its compiled test binary. If the
 // handler-only credential GET allocates, it profiles that benchmark and
 // returns pprof's listing of where.
-func runMicro(testBin, pkgDir, tmp string) ([]microResult, string, error) {
+func runMicro(testBin, pkgDir, tmp string) (res []microResult, prof, cpu string, err error) {
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(testBin, append([]string{"-test.run", "^$", "-test.benchmem"}, args...)...)
 		cmd.Dir = pkgDir
@@ -38,37 +38,39 @@ func runMicro(testBin, pkgDir, tmp string) ([]microResult, string, error) {
 	}
 	out, err := run("-test.bench", ".", "-test.benchtime", "1s")
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	var res []microResult
 	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "cpu: "); ok {
+			cpu = strings.TrimSpace(v)
+		}
 		m := benchLine.FindStringSubmatch(line)
 		if m == nil {
 			continue
 		}
 		ns, _ := strconv.ParseFloat(m[2], 64)
-		bytes, _ := strconv.ParseInt(m[3], 10, 64)
+		b, _ := strconv.ParseInt(m[3], 10, 64)
 		allocs, _ := strconv.ParseInt(m[4], 10, 64)
-		res = append(res, microResult{name: m[1], nsPerOp: ns, bytesPerOp: bytes, allocsPerOp: allocs})
+		res = append(res, microResult{name: m[1], nsPerOp: ns, bytesPerOp: b, allocsPerOp: allocs})
 	}
 	if len(res) == 0 {
-		return nil, "", fmt.Errorf("pkg/imds benchmarks printed no results: %s", out)
+		return nil, "", cpu, fmt.Errorf("pkg/imds benchmarks printed no results: %s", out)
 	}
 	for _, r := range res {
 		if !strings.HasPrefix(r.name, "BenchmarkCredentialsPath-") || r.allocsPerOp == 0 {
 			continue
 		}
-		prof := filepath.Join(tmp, "mem.out")
+		mem := filepath.Join(tmp, "mem.out")
 		if _, err := run("-test.bench", "^BenchmarkCredentialsPath$", "-test.benchtime", "20000x",
-			"-test.memprofile", prof, "-test.memprofilerate", "1"); err != nil {
-			return res, "", err
+			"-test.memprofile", mem, "-test.memprofilerate", "1"); err != nil {
+			return res, "", cpu, err
 		}
-		top, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=alloc_objects", testBin, prof).CombinedOutput()
+		top, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=alloc_objects", testBin, mem).CombinedOutput()
 		if err != nil {
-			return res, "", fmt.Errorf("reading the memory profile: %w: %s", err, top)
+			return res, "", cpu, fmt.Errorf("reading the memory profile: %w: %s", err, top)
 		}
-		_ = os.Remove(prof)
-		return res, string(top), nil
+		_ = os.Remove(mem)
+		return res, string(top), cpu, nil
 	}
-	return res, "", nil
+	return res, "", cpu, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,15 +20,25 @@ import (
 // entering a private one, and run refuses to start without having moved.
 const envHostNetns = "IMDS_SHIM_BENCH_HOST_NETNS"
 
+// The targets issue 7 sets ratios for, besides the diagnostic ones.
+const (
+	targetCeiling  = "ceiling (net/http, fixed body)"
+	targetCred     = "imds-shim credentials GET"
+	targetPut      = "imds-shim token PUT"
+	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
+)
+
 // target is one server under load in the throughput rounds.
 type target struct {
 	name, url string
 	env       []string
+	pid       int // the server process, for its CPU time
 }
 
 // results is everything one run measured.
 type results struct {
 	machine    machine
+	motoAssume time.Duration // a bare AssumeRole against moto, median
 	opts       wrkOpts
 	rounds     int
 	targets    []string
@@ -37,6 +48,8 @@ type results struct {
 	rotEvery   time.Duration
 	footprint  []rssPoint
 	ready      []time.Duration
+	fetches    []time.Duration // first AssumeRole per start, from the daemon's log
+	netSetups  []time.Duration // network setup per start, from the daemon's log
 	stops      []time.Duration
 	stopErrs   []string
 	loadedStop time.Duration
@@ -132,6 +145,10 @@ func runMain(args []string) error {
 		}
 	}()
 
+	r.motoAssume, err = timeAssumeRole(motoURL, 5)
+	if err != nil {
+		return err
+	}
 	step("lifecycle: %d start/stop cycles against moto", *cycles)
 	for range *cycles {
 		p, ready, err := denv.start(ps)
@@ -149,6 +166,8 @@ func runMain(args []string) error {
 		}
 	}
 
+	r.fetches, r.netSetups = startPhases(denv.logPath)
+
 	step("starting the daemon for the load phases")
 	daemon, ready, err := denv.start(ps)
 	if err != nil {
@@ -165,17 +184,36 @@ func runMain(args []string) error {
 	}
 	r.docBytes = len(doc)
 
-	_, ceilAddr, err := ps.startAnnounced(self, "ceiling", "ceiling", "-size", fmt.Sprint(len(doc)))
+	ceilProc, ceilAddr, err := ps.startAnnounced(self, "ceiling", "ceiling", "-size", fmt.Sprint(len(doc)))
+	if err != nil {
+		return err
+	}
+	// Two diagnostic servers split the daemon's cost from the ceiling's:
+	// the same fixed body with the daemon's http.Server timeouts, and the
+	// imds.Server handler alone in a bare net/http server.
+	timedProc, timedAddr, err := ps.startAnnounced(self, "ceiling+timeouts", "ceiling", "-size", fmt.Sprint(len(doc)), "-timeouts")
+	if err != nil {
+		return err
+	}
+	bareProc, bareAddr, err := ps.startAnnounced(self, "imds.Server", "rotating", "-every", "1h", "-life", "2h")
+	if err != nil {
+		return err
+	}
+	bareToken, _, err := fetchDoc(bareAddr)
 	if err != nil {
 		return err
 	}
 	credPath := "/latest/meta-data/iam/security-credentials/" + benchRole
 	tok := "IMDS_TOKEN=" + token
 	targets := []target{
-		{"ceiling (net/http, fixed body)", "http://" + ceilAddr + credPath, []string{tok}},
-		{"imds-shim credentials GET", "http://" + direct + credPath, []string{tok}},
-		{"imds-shim token PUT", "http://" + direct + "/latest/api/token", []string{"IMDS_MODE=put"}},
-		{"imds-shim credentials GET via 169.254.169.254 DNAT", "http://169.254.169.254" + credPath, []string{tok}},
+		{name: targetCeiling, url: "http://" + ceilAddr + credPath, env: []string{tok}, pid: ceilProc.cmd.Process.Pid},
+		{name: "diagnostic: ceiling + the daemon's http.Server timeouts", url: "http://" + timedAddr + credPath,
+			env: []string{tok}, pid: timedProc.cmd.Process.Pid},
+		{name: "diagnostic: imds.Server handler in a bare net/http server", url: "http://" + bareAddr + credPath,
+			env: []string{"IMDS_TOKEN=" + bareToken}, pid: bareProc.cmd.Process.Pid},
+		{name: targetCred, url: "http://" + direct + credPath, env: []string{tok}, pid: pid},
+		{name: targetPut, url: "http://" + direct + "/latest/api/token", env: []string{"IMDS_MODE=put"}, pid: pid},
+		{name: targetRedirect, url: "http://169.254.169.254" + credPath, env: []string{tok}, pid: pid},
 	}
 	for _, t := range targets {
 		r.targets = append(r.targets, t.name)
@@ -184,10 +222,12 @@ func runMain(args []string) error {
 		for i := range targets {
 			t := targets[(i+round)%len(targets)]
 			step("round %d/%d: %s", round+1, *rounds, t.name)
+			cpu0 := cpuTime(t.pid)
 			w, err := runWrk(r.opts, t.url, t.env...)
 			if err != nil {
 				return err
 			}
+			w.cpu = cpuTime(t.pid) - cpu0
 			r.byTarget[t.name] = append(r.byTarget[t.name], w)
 		}
 	}
@@ -237,12 +277,13 @@ func runMain(args []string) error {
 
 	if *imdsTest != "" {
 		step("Go micro-benchmarks (pkg/imds)")
-		r.micro, r.microProf, err = runMicro(*imdsTest, *imdsDir, dir)
+		r.micro, r.microProf, r.machine.cpuGo, err = runMicro(*imdsTest, *imdsDir, dir)
 		if err != nil {
 			r.problems = append(r.problems, err.Error())
 		}
 	}
 
+	r.machine.loadEnd = loadavg()
 	report := r.markdown()
 	fmt.Println(report)
 	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -290,11 +331,13 @@ func fetchDoc(addr string) (string, []byte, error) {
 type machine struct {
 	nproc                            int
 	kernel, cpu, goVersion, wrk, rev string
-	date                             string
+	date, loadStart, loadEnd         string
+	cpuGo                            string // the cpu: line of go test -bench
 }
 
 func describeMachine(bin string) machine {
-	m := machine{nproc: runtime.NumCPU(), goVersion: runtime.Version(), date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
+	m := machine{nproc: runtime.NumCPU(), goVersion: runtime.Version(), date: time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		loadStart: loadavg()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.kernel = strings.TrimSpace(string(b))
 	}
@@ -323,4 +366,65 @@ func median[T int64 | float64 | time.Duration](v []T) T {
 		return 0
 	}
 	return s[len(s)/2]
+}
+
+// loadavg is the 1, 5 and 15 minute load averages: other work on the
+// machine competes with the benchmark for its CPUs.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// cpuTime is the user+system CPU time a process has used so far.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	_, _ = fmt.Sscan(f[11], &ut)
+	_, _ = fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// timeAssumeRole times n bare AssumeRole calls against moto and returns the
+// median: the part of exec-to-READY that is the emulator's, not the daemon's.
+func timeAssumeRole(motoURL string, n int) (time.Duration, error) {
+	form := url.Values{"Action": {"AssumeRole"}, "Version": {"2011-06-15"},
+		"RoleArn": {benchRoleARN}, "RoleSessionName": {"bench-probe"}}.Encode()
+	var ds []time.Duration
+	for range n {
+		req, _ := http.NewRequest(http.MethodPost, motoURL+"/", strings.NewReader(form))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		// moto routes unsigned requests to S3; any SigV4-shaped header reaches STS.
+		req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIABENCHBENCHBENCH0/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00")
+		t0 := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, fmt.Errorf("timing AssumeRole against moto: %w", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ds = append(ds, time.Since(t0))
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "AssumeRoleResult") {
+			return 0, fmt.Errorf("timing AssumeRole against moto: status %d", resp.StatusCode)
+		}
+	}
+	return median(ds), nil
 }
