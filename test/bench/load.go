@@ -28,7 +28,6 @@ type wrkResult struct {
 	cpu time.Duration // the server's CPU time during the run
 }
 
-
 func (r wrkResult) rps() float64 { return float64(r.Requests) / (float64(r.DurationUS) / 1e6) }
 func (r wrkResult) errors() int64 {
 	return r.Connect + r.Read + r.Write + r.Status + r.Timeout
