@@ -51,15 +51,15 @@ network:
 		logPath: filepath.Join(dir, "daemon.log"), notify: conn, notifyPath: np}, nil
 }
 
-// start runs imds-shim serve and returns once it has sent READY=1, with the
-// time from exec to that message.
-func (e *daemonEnv) start(ps *procs) (*proc, time.Duration, error) {
+// start runs imds-shim serve, on cpus if not empty, and returns once it has
+// sent READY=1, with the time from exec to that message.
+func (e *daemonEnv) start(ps *procs, cpus string) (*proc, time.Duration, error) {
 	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("opening daemon log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(e.bin, "serve", "-c", e.config, "--runtime-dir", e.runtimeDir)
+	cmd := pinned(cpus, e.bin, "serve", "-c", e.config, "--runtime-dir", e.runtimeDir)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+e.notifyPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	t0 := time.Now()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -39,10 +38,11 @@ type wrkOpts struct {
 	threads  int
 	conns    int
 	duration time.Duration
+	cpus     string // where wrk runs (see pinned)
 }
 
 func runWrk(o wrkOpts, url string, env ...string) (wrkResult, error) {
-	cmd := exec.Command("wrk", "-t", strconv.Itoa(o.threads), "-c", strconv.Itoa(o.conns),
+	cmd := pinned(o.cpus, "wrk", "-t", strconv.Itoa(o.threads), "-c", strconv.Itoa(o.conns),
 		"-d", fmt.Sprintf("%ds", int(o.duration.Seconds())), "--timeout", "5s", "-s", o.lua, url)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
@@ -63,8 +63,8 @@ func runWrk(o wrkOpts, url string, env ...string) (wrkResult, error) {
 }
 
 // runCheck runs this binary's checker in its own process.
-func runCheck(self string, args ...string) (checkResult, error) {
-	cmd := exec.Command(self, append([]string{"check"}, args...)...)
+func runCheck(self, cpus string, args ...string) (checkResult, error) {
+	cmd := pinned(cpus, self, append([]string{"check"}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, os.Stderr
 	if err := cmd.Run(); err != nil {

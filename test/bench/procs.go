@@ -28,6 +28,8 @@ type proc struct {
 type procs struct {
 	mu   sync.Mutex
 	list []*proc
+	// serverCPUs pins the servers startAnnounced starts (see pinned).
+	serverCPUs string
 }
 
 func (ps *procs) start(name string, cmd *exec.Cmd) (*proc, error) {
@@ -81,7 +83,7 @@ func (p *proc) stop(grace time.Duration) {
 // startAnnounced starts one of this binary's own servers and returns the
 // address it printed on its first line of output.
 func (ps *procs) startAnnounced(self, name string, args ...string) (*proc, string, error) {
-	cmd := exec.Command(self, args...)
+	cmd := pinned(ps.serverCPUs, self, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, "", err
@@ -101,6 +103,17 @@ func (ps *procs) startAnnounced(self, name string, args ...string) (*proc, strin
 	return p, addr, nil
 }
 
+// pinned returns a command for name and args that runs on the given CPUs
+// (a taskset list such as "1"), or anywhere when cpus is empty. taskset
+// execs the program, so the process ID is the program's.
+func pinned(cpus, name string, args ...string) *exec.Cmd {
+	if cpus == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
+}
+
+// freePort returns a free TCP port on 127.0.0.1.
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -44,6 +44,10 @@ func (r *results) markdown() string {
 		m.nproc, m.loadStart, m.loadEnd, m.nproc)
 
 	p("## Throughput and latency\n\n")
+	if r.serverCPUs != "" {
+		p("wrk and the checker ran on CPU %s, every server on CPU %s (taskset; Go then runs the servers with GOMAXPROCS=1), "+
+			"so that client and server do not trade places on the CPUs from round to round. ", r.opts.cpus, r.serverCPUs)
+	}
 	p("wrk, %d thread, %d keep-alive connections, %v per run, %d alternating rounds over all targets "+
 		"(the starting target moves each round); medians over rounds. The ceiling is a minimal Go net/http server "+
 		"answering every request with a fixed %d-byte body, the size of the daemon's credential document. "+

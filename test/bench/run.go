@@ -52,6 +52,7 @@ type results struct {
 	netSetups  []time.Duration // network setup per start, from the daemon's log
 	stops      []time.Duration
 	stopErrs   []string
+	serverCPUs string // where the servers ran, if pinned
 	loadedStop time.Duration
 	micro      []microResult
 	microProf  string
@@ -81,6 +82,7 @@ func runMain(args []string) error {
 	footReq := fs.Int64("footprint-requests", 1_000_000, "requests in the footprint phase")
 	footTok := fs.Int64("footprint-tokens", 100_000, "distinct tokens in the footprint phase")
 	rotDur := fs.Duration("rotation", 10*time.Second, "length of the rotation-under-load phase")
+	pin := fs.Bool("pin", runtime.NumCPU() >= 2, "run load generators on CPU 0 and servers on the last CPU (taskset)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,6 +111,11 @@ func runMain(args []string) error {
 
 	r := &results{machine: describeMachine(*bin), opts: wrkOpts{lua: *lua, threads: *threads, conns: *conns, duration: *dur},
 		rounds: *rounds, byTarget: map[string][]wrkResult{}, rotEvery: time.Second}
+	var clientCPUs, serverCPUs string
+	if *pin {
+		clientCPUs, serverCPUs = "0", fmt.Sprint(runtime.NumCPU()-1)
+		r.opts.cpus, r.serverCPUs = clientCPUs, serverCPUs
+	}
 	step := func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 	}
@@ -151,7 +158,7 @@ func runMain(args []string) error {
 	}
 	step("lifecycle: %d start/stop cycles against moto", *cycles)
 	for range *cycles {
-		p, ready, err := denv.start(ps)
+		p, ready, err := denv.start(ps, "")
 		if err != nil {
 			return err
 		}
@@ -169,7 +176,7 @@ func runMain(args []string) error {
 	r.fetches, r.netSetups = startPhases(denv.logPath)
 
 	step("starting the daemon for the load phases")
-	daemon, ready, err := denv.start(ps)
+	daemon, ready, err := denv.start(ps, serverCPUs)
 	if err != nil {
 		return err
 	}
@@ -184,6 +191,7 @@ func runMain(args []string) error {
 	}
 	r.docBytes = len(doc)
 
+	ps.serverCPUs = serverCPUs
 	ceilProc, ceilAddr, err := ps.startAnnounced(self, "ceiling", "ceiling", "-size", fmt.Sprint(len(doc)))
 	if err != nil {
 		return err
@@ -238,7 +246,7 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	r.rotation, err = runCheck(self, "-addr", rotAddr, "-role", benchRole, "-c", "8",
+	r.rotation, err = runCheck(self, clientCPUs, "-addr", rotAddr, "-role", benchRole, "-c", "8",
 		"-duration", rotDur.String(), "-every", "1000")
 	rot.stop(5 * time.Second)
 	if err != nil {
@@ -249,7 +257,7 @@ func runMain(args []string) error {
 	step("footprint: %d requests with %d distinct tokens in %d chunks", *footReq, *footTok, chunks)
 	every := max(*footReq / *footTok, 1)
 	for i := range chunks {
-		c, err := runCheck(self, "-addr", direct, "-role", benchRole, "-c", "8",
+		c, err := runCheck(self, clientCPUs, "-addr", direct, "-role", benchRole, "-c", "8",
 			"-requests", fmt.Sprint(*footReq/chunks), "-every", fmt.Sprint(every))
 		if err != nil {
 			return err
