@@ -21,9 +21,9 @@ type microResult struct {
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+([\d.]+) ns/op\s+(\d+) B/op\s+(\d+) allocs/op`)
 
-// runMicro runs pkg/imds's benchmarks from its compiled test binary. If the
-// handler-only credential GET allocates, it profiles that benchmark and
-// returns pprof's listing of where.
+// runMicro runs pkg/imds's benchmarks from its compiled test binary, and
+// for each handler-only benchmark that allocates, returns pprof's listing
+// of where.
 func runMicro(testBin, pkgDir, tmp string) (res []microResult, prof, cpu string, err error) {
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(testBin, append([]string{"-test.run", "^$", "-test.benchmem"}, args...)...)
@@ -56,21 +56,37 @@ func runMicro(testBin, pkgDir, tmp string) (res []microResult, prof, cpu string,
 	if len(res) == 0 {
 		return nil, "", cpu, fmt.Errorf("pkg/imds benchmarks printed no results: %s", out)
 	}
+	var profs strings.Builder
 	for _, r := range res {
-		if !strings.HasPrefix(r.name, "BenchmarkCredentialsPath-") || r.allocsPerOp == 0 {
+		// Profile every handler-only benchmark that allocates; the HTTP
+		// one counts the client's allocations too.
+		if r.allocsPerOp == 0 || strings.Contains(r.name, "HTTP") {
 			continue
 		}
+		name, _, _ := strings.Cut(r.name, "-")
 		mem := filepath.Join(tmp, "mem.out")
-		if _, err := run("-test.bench", "^BenchmarkCredentialsPath$", "-test.benchtime", "20000x",
+		if _, err := run("-test.bench", "^"+name+"$", "-test.benchtime", "20000x",
 			"-test.memprofile", mem, "-test.memprofilerate", "1"); err != nil {
-			return res, "", cpu, err
+			return res, profs.String(), cpu, err
 		}
-		top, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=alloc_objects", testBin, mem).CombinedOutput()
-		if err != nil {
-			return res, "", cpu, fmt.Errorf("reading the memory profile: %w: %s", err, top)
-		}
+		top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=8", "-sample_index=alloc_objects", testBin, mem).CombinedOutput()
 		_ = os.Remove(mem)
-		return res, string(top), cpu, nil
+		if err != nil {
+			return res, profs.String(), cpu, fmt.Errorf("reading the memory profile of %s: %w: %s", name, err, top)
+		}
+		fmt.Fprintf(&profs, "%s (20000 iterations; setup included):\n\n```\n%s```\n\n", name, skipHeader(string(top)))
 	}
-	return res, "", cpu, nil
+	return res, profs.String(), cpu, nil
+}
+
+// skipHeader drops pprof's File/Build ID/Time lines, which change every run.
+func skipHeader(top string) string {
+	var keep []string
+	for _, line := range strings.SplitAfter(top, "\n") {
+		if strings.HasPrefix(line, "File:") || strings.HasPrefix(line, "Build ID:") || strings.HasPrefix(line, "Time:") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "")
 }

@@ -38,7 +38,7 @@ func (r *results) markdown() string {
 		cpu += " (Go reports: " + m.cpuGo + ")"
 	}
 	p("Machine: %d CPUs (`nproc`), %s, kernel %s; %s; wrk %s; imds-shim %s.\n", m.nproc, cpu, m.kernel, m.goVersion, m.wrk, m.rev)
-	p("Everything ran on loopback inside a private network namespace (`unshare --net`), clients and servers sharing the same %d CPUs. "+
+	p("Everything ran on loopback inside a private network namespace (`unshare --net`), on these %d CPUs and nothing else. "+
 		"Load average (1/5/15 min) at the start: %s; at the end: %s. A load above %d means other work competed for the CPUs: "+
 		"req/s and latency then vary from round to round, while the ratios to the ceiling (measured in alternation) and the CPU per request hold better.\n\n",
 		m.nproc, m.loadStart, m.loadEnd, m.nproc)
@@ -77,6 +77,14 @@ func (r *results) markdown() string {
 	p("\nServer CPU/req is the server process's user+system CPU time during its runs divided by the requests " +
 		"answered (from /proc/PID/stat): what one request costs, which load from other processes on the machine " +
 		"does not change the way it changes req/s and latency.\n")
+	if timed, bare, cred := r.summary(targetTimed), r.summary(targetBare), r.summary(targetCred); ceil.cpu > 0 && cred.cpu > 0 {
+		d := func(s targetSummary) float64 { return float64((s.cpu - ceil.cpu).Nanoseconds()) / 1000 }
+		p("\nWhere the credential GET's extra CPU per request over the ceiling (%+.1f µs) goes, from the diagnostic rows: "+
+			"the daemon's http.Server timeouts (read and write deadlines re-armed on every request) %+.1f µs, the imds.Server "+
+			"handler (token MAC check, source and host checks, five response headers) %+.1f µs, and the rest of the daemon "+
+			"process (metrics observer, hop-limit listener, its other goroutines and larger heap) %+.1f µs.\n",
+			d(cred), d(timed), d(bare), d(cred)-d(timed)-d(bare))
+	}
 	p("\nPer round (req/s · p50 · p99):\n\n")
 	p("| target |")
 	for i := range r.rounds {
@@ -143,13 +151,14 @@ func (r *results) markdown() string {
 	if len(r.micro) == 0 {
 		p("Not run.\n")
 	} else {
-		p("`go test -run '^$' -bench . -benchmem ./pkg/imds/`, handler-only unless the name says HTTP.\n\n")
+		p("`go test -run '^$' -bench . -benchmem ./pkg/imds/`: the handler alone with a reusable ResponseWriter, except " +
+			"BenchmarkCredentialsPathHTTP, a loopback round trip whose counts include the in-process net/http client's.\n\n")
 		p("| benchmark | ns/op | B/op | allocs/op |\n|---|---:|---:|---:|\n")
 		for _, x := range r.micro {
 			p("| %s | %.0f | %d | %d |\n", x.name, x.nsPerOp, x.bytesPerOp, x.allocsPerOp)
 		}
 		if r.microProf != "" {
-			p("\nThe handler-only credential GET allocates; where (pprof -top, alloc_objects):\n\n```\n%s```\n", r.microProf)
+			p("\nWhere the handler allocates, from a memory profile of each benchmark above that does (pprof -top, alloc_objects):\n\n%s", r.microProf)
 		}
 	}
 	if len(r.problems) > 0 {

@@ -26,6 +26,8 @@ const (
 	targetCred     = "imds-shim credentials GET"
 	targetPut      = "imds-shim token PUT"
 	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
+	targetTimed    = "diagnostic: ceiling + the daemon's http.Server timeouts"
+	targetBare     = "diagnostic: imds.Server handler in a bare net/http server"
 )
 
 // target is one server under load in the throughput rounds.
@@ -215,9 +217,9 @@ func runMain(args []string) error {
 	tok := "IMDS_TOKEN=" + token
 	targets := []target{
 		{name: targetCeiling, url: "http://" + ceilAddr + credPath, env: []string{tok}, pid: ceilProc.cmd.Process.Pid},
-		{name: "diagnostic: ceiling + the daemon's http.Server timeouts", url: "http://" + timedAddr + credPath,
+		{name: targetTimed, url: "http://" + timedAddr + credPath,
 			env: []string{tok}, pid: timedProc.cmd.Process.Pid},
-		{name: "diagnostic: imds.Server handler in a bare net/http server", url: "http://" + bareAddr + credPath,
+		{name: targetBare, url: "http://" + bareAddr + credPath,
 			env: []string{"IMDS_TOKEN=" + bareToken}, pid: bareProc.cmd.Process.Pid},
 		{name: targetCred, url: "http://" + direct + credPath, env: []string{tok}, pid: pid},
 		{name: targetPut, url: "http://" + direct + "/latest/api/token", env: []string{"IMDS_MODE=put"}, pid: pid},
