@@ -33,6 +33,8 @@ GUEST_IP=10.213.77.2
 STS=http://$HOST_IP:5000
 ROLE1=arn:aws:iam::123456789012:role/e2e-first
 ROLE2=arn:aws:iam::123456789012:role/e2e-second
+PIDFILE=/var/tmp/imds-shim-e2e.pids   # what a killed run left running
+WORK= NSPID= MOTOPID= L= LEADERNS=
 GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # The guest tree: what the unit, the package and the clients under test need.
@@ -72,7 +74,8 @@ DEB=${debs[0]} RPM=${rpms[0]}
 shopt -u nullglob
 
 # One run at a time on this host, whatever the cache: the netns, veth and
-# addresses have fixed names.
+# addresses have fixed names. Long-lived children get fd 9 closed, so a
+# leftover of a killed run never holds the lock.
 mkdir -p "$CACHE"
 exec 9> /var/tmp/imds-shim-e2e.lock
 flock -w 900 9 || die "another e2e run holds /var/tmp/imds-shim-e2e.lock"
@@ -82,7 +85,6 @@ mkdir -p "$WORK/xfer" "$WORK/pkgs"
 # Work on copies, so a `make package` running meanwhile cannot pull them away.
 cp "$DIST"/imds-shim_*.deb "$DIST"/imds-shim-*.rpm "$WORK/pkgs/"
 DEB=$WORK/pkgs/$(basename "$DEB") RPM=$WORK/pkgs/$(basename "$RPM") DIST=$WORK/pkgs
-NSPID= MOTOPID= L= LEADERNS=
 
 # --------------------------------------------------------- host snapshots
 # Rules and chains as iptables-save prints them, without counters and
@@ -114,6 +116,7 @@ cleanup() {
 	fi
 	if [ -n "$MOTOPID" ]; then kill "$MOTOPID" 2>/dev/null; wait "$MOTOPID" 2>/dev/null; fi
 	ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+	rm -f "$PIDFILE"
 	ip netns del "$NS" 2>/dev/null
 	ip link del "$VETH" 2>/dev/null
 	if [ -s "$WORK/host.before" ]; then
@@ -138,9 +141,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-# Leftovers of an interrupted earlier run (we hold the lock, so they are ours).
+# Leftovers of an earlier run that was killed before its cleanup could run
+# (we hold the lock, so they are ours): its nspawn and moto, by the PIDs it
+# recorded and only if they still are those programs, then its netns and veth.
+if [ -s "$PIDFILE" ]; then
+	for p in $(cat "$PIDFILE"); do
+		case "$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" in
+		*systemd-nspawn*"-M $MACHINE"*|*moto.server*"$HOST_IP"*) kill -KILL "$p" 2>/dev/null || true ;;
+		esac
+	done
+fi
+rm -f "$PIDFILE"
+ip netns pids "$NS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
 ip netns del "$NS" 2>/dev/null || true
 ip link del "$VETH" 2>/dev/null || true
+for d in /tmp/imds-shim-e2e.*; do [ "$d" = "$WORK" ] || rm -rf "$d"; done
 
 host_state "$WORK/host.before"
 step "host snapshot"
@@ -175,8 +190,9 @@ ip link set "$VETH" up
 ip -n "$NS" addr add "$GUEST_IP/30" dev eth0
 ip -n "$NS" link set eth0 up
 ip -n "$NS" link set lo up
-python3 -m moto.server -H "$HOST_IP" -p 5000 > "$WORK/moto.log" 2>&1 &
+python3 -m moto.server -H "$HOST_IP" -p 5000 > "$WORK/moto.log" 2>&1 9>&- &
 MOTOPID=$!
+echo "$MOTOPID" >> "$PIDFILE"
 for _ in $(seq 1 200); do curl -fs -o /dev/null "$STS/moto-api/" && break; sleep 0.05; done
 curl -fs -o /dev/null "$STS/moto-api/" || die "moto did not come up on $STS"
 step "netns $NS + veth, moto STS on $STS"
@@ -187,8 +203,9 @@ step "netns $NS + veth, moto STS on $STS"
 # hand it back (the daemon needs it for netlink and iptables).
 systemd-nspawn -D "$ROOTFS" -M "$MACHINE" -b --register=no --keep-unit --console=read-only \
 	--volatile=overlay --link-journal=no --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$NS" \
-	--bind-ro="$WORK/xfer":/xfer > "$WORK/nspawn.log" 2>&1 < /dev/null &
+	--bind-ro="$WORK/xfer":/xfer > "$WORK/nspawn.log" 2>&1 < /dev/null 9>&- &
 NSPID=$!
+echo "$NSPID" >> "$PIDFILE"
 # The guest's PID 1 is nspawn's child named systemd in ANOTHER pid namespace.
 # nspawn's short-lived outer child is still in the host's namespaces: never
 # nsenter that one, or the commands would run on the host.
@@ -205,7 +222,7 @@ LEADERNS=$(readlink "/proc/$L/ns/pid")
 g() {
 	[ "$(readlink "/proc/$L/ns/pid" 2>/dev/null)" = "$LEADERNS" ] && [ "$LEADERNS" != "$SELFNS" ] \
 		|| die "the guest's PID 1 ($L) is gone; refusing to nsenter"
-	timeout 120 nsenter -t "$L" -a env -i PATH="$GUEST_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
+	timeout 120 nsenter -t "$L" -a env -i PATH="$GUEST_PATH" HOME=/root LANG=C.UTF-8 TERM=dumb "$@" 9>&-
 }
 gsh() { g bash -c "$1"; }
 
