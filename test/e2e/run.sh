@@ -10,8 +10,11 @@
 # way an operator would: configure, `systemctl enable --now`, AWS CLI, boto3
 # and the Go SDK with no AWS configuration at all, reload with a new role,
 # reinstall (upgrade) while running, kill -9, the iptables-legacy backend,
-# stop, purge. The .rpm is
-# checked with rpm queries and an install into an `rpm --root` tree.
+# stop, the watchdog, purge. The .rpm is checked with rpm queries and an
+# install into an `rpm --root` tree. Each step prints its time.
+#
+# If a run is killed before its cleanup, the next run removes what it left
+# (container, moto, netns, veth) before starting.
 #
 # Nothing of the host is changed: the guest runs on a tmpfs overlay of the
 # cached tree, the addresses live only on the test's own veth pair and
