@@ -18,8 +18,9 @@ build:
 
 # The whole suite. As root, packages whose tests drive the kernel re-execute
 # themselves in a private network namespace (pkg/internal/nstest); without
-# root those tests skip and say so.
-test: build test-unit
+# root those tests skip and say so. Then the packages are built and linted,
+# and installed into a booted systemd (packaging/packaging.mk).
+test: build test-unit lint-packages e2e
 
 test-unit: build
 	IMDS_SHIM_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
