@@ -18,12 +18,15 @@ build:
 
 # The whole suite. As root, packages whose tests drive the kernel re-execute
 # themselves in a private network namespace (pkg/internal/nstest); without
-# root those tests skip and say so. Then the packages are built and linted,
-# and installed into a booted systemd (packaging/packaging.mk).
-test: build test-unit lint-packages e2e
+# root those tests skip and say so. The packages are built and linted, and
+# installed into a booted systemd (packaging/packaging.mk), first, so that
+# the log ends with the Go tests' summary.
+test: build lint-packages e2e test-unit
 
+# go test's output as usual, then the skipped tests with their reasons and a
+# closing count (test/testsummary).
 test-unit: build
-	IMDS_SHIM_BIN=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
+	set -o pipefail; IMDS_SHIM_BIN=$(CURDIR)/$(BIN) $(GO) test -json $(GOTEST_FLAGS) ./... | $(GO) run ./test/testsummary
 
 # imds-shim's main job with no AWS account: the real daemon in a private
 # network namespace against the local STS emulator, and unconfigured AWS

@@ -49,10 +49,12 @@ ROOTFS=$CACHE/rootfs-$ROOTFS_KEY
 T0=$(date +%s.%N)
 TLAST=$T0
 FAILED=0
+NPASS=0
+NFAIL=0
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}'; }
 step() { printf '[%6.2fs] %-58s +%ss\n' "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$1" "$(elapsed "$TLAST")"; TLAST=$(date +%s.%N); }
-ok() { printf '  ok   %s\n' "$*"; }
-fail() { printf '  FAIL %s\n' "$*"; FAILED=1; }
+ok() { printf '  ok   %s\n' "$*"; NPASS=$((NPASS + 1)); }
+fail() { printf '  FAIL %s\n' "$*"; FAILED=1; NFAIL=$((NFAIL + 1)); }
 die() { printf 'e2e: %s\n' "$*" >&2; exit 1; }
 # expect_eq WHAT WANT GOT
 expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: want '$2', got '$3'"; fi; }
@@ -125,9 +127,9 @@ cleanup() {
 	if [ -s "$WORK/host.before" ]; then
 		host_state "$WORK/host.after"
 		if diff -u "$WORK/host.before" "$WORK/host.after" > "$WORK/host.diff"; then
-			echo "  ok   host addresses, links, netns and iptables (nft, legacy, v4, v6) unchanged"
+			ok "host addresses, links, netns and iptables (nft, legacy, v4, v6) unchanged"
 		else
-			echo "  FAIL the host changed:"; sed 's/^/         /' "$WORK/host.diff"; rc=1
+			fail "the host changed:"; sed 's/^/         /' "$WORK/host.diff"; rc=1
 		fi
 	fi
 	if [ "$rc" != 0 ] || [ "$FAILED" != 0 ]; then
@@ -139,6 +141,8 @@ cleanup() {
 	fi
 	rm -rf "$WORK"
 	printf 'e2e: %s in %ss\n' "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$(elapsed "$T0")"
+	[ "$rc" = 0 ] || [ "$NFAIL" -gt 0 ] || NFAIL=1
+	printf 'e2e: %d passed, %d failed\n' "$NPASS" "$NFAIL"
 	exit "$rc"
 }
 trap cleanup EXIT
