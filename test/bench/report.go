@@ -37,7 +37,8 @@ func (r *results) markdown() string {
 	if m.cpuGo != "" && m.cpuGo != m.cpu {
 		cpu += " (Go reports: " + m.cpuGo + ")"
 	}
-	p("Machine: %d CPUs (`nproc`), %s, kernel %s; %s; wrk %s; imds-shim %s.\n", m.nproc, cpu, m.kernel, m.goVersion, m.wrk, m.rev)
+	p("Machine: %d CPUs (`nproc`), %s, kernel %s; %s; wrk %s; imds-shim %s; harness niceness %d.\n",
+		m.nproc, cpu, m.kernel, m.goVersion, m.wrk, m.rev, m.nice)
 	p("Everything ran on loopback inside a private network namespace (`unshare --net`), on these %d CPUs and nothing else. "+
 		"Load average (1/5/15 min) at the start: %s; at the end: %s. A load above %d means other work competed for the CPUs: "+
 		"req/s and latency then vary from round to round, while the ratios to the ceiling (measured in alternation) and the CPU per request hold better.\n\n",
@@ -84,6 +85,10 @@ func (r *results) markdown() string {
 			"handler (token MAC check, source and host checks, five response headers) %+.1f µs, and the rest of the daemon "+
 			"process (metrics observer, hop-limit listener, its other goroutines and larger heap) %+.1f µs.\n",
 			d(cred), d(timed), d(bare), d(cred)-d(timed)-d(bare))
+	}
+	if lo, hi := r.ceilingSpread(); lo > 0 && hi/lo > 1.15 {
+		p("\n**Noisy run:** the ceiling's own req/s varied from %.0f to %.0f across rounds, so other work competed for "+
+			"the CPUs; the ratios and the split above are uncertain by about as much. Re-run on an idle machine.\n", lo, hi)
 	}
 	p("\nPer round (req/s · p50 · p99):\n\n")
 	p("| target |")
@@ -168,11 +173,23 @@ func (r *results) markdown() string {
 		}
 	}
 	p("\n## Reproduce\n\n")
-	p("```sh\nsudo make bench        # builds bin/imds-shim, runs test/bench/bench.sh (about 4 minutes on 2 CPUs)\n" +
-		"sudo make bench BENCH_FLAGS='-rounds 5 -duration 10s'   # longer runs\n```\n\n")
+	p("```sh\nsudo make bench        # builds bin/imds-shim, runs test/bench/bench.sh (about 3 minutes on 2 CPUs)\n" +
+		"sudo make bench BENCH_FLAGS='-rounds 5 -duration 10s'   # longer runs\n" +
+		"sudo make bench BENCH_NICE=-10   # on a shared machine: favour the benchmark over other work\n```\n\n")
 	p("Needs root (a private network namespace for the 169.254.169.254 redirect), wrk, iptables and python3 with moto. " +
 		"Nothing touches the host's network.\n")
 	return b.String()
+}
+
+// ceilingSpread is the lowest and highest req/s of the ceiling's rounds.
+func (r *results) ceilingSpread() (lo, hi float64) {
+	for i, w := range r.byTarget[targetCeiling] {
+		if v := w.rps(); i == 0 || v < lo {
+			lo = v
+		}
+		hi = max(hi, w.rps())
+	}
+	return lo, hi
 }
 
 type targetSummary struct {

@@ -343,11 +343,12 @@ type machine struct {
 	kernel, cpu, goVersion, wrk, rev string
 	date, loadStart, loadEnd         string
 	cpuGo                            string // the cpu: line of go test -bench
+	nice                             int    // of the harness and so of every process it starts
 }
 
 func describeMachine(bin string) machine {
 	m := machine{nproc: runtime.NumCPU(), goVersion: runtime.Version(), date: time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		loadStart: loadavg()}
+		loadStart: loadavg(), nice: niceness()}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.kernel = strings.TrimSpace(string(b))
 	}
@@ -390,6 +391,21 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// niceness is this process's nice value (field 19 of /proc/self/stat).
+func niceness() int {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	n := 0
+	if len(f) > 16 {
+		_, _ = fmt.Sscan(f[16], &n)
+	}
+	return n
 }
 
 // cpuTime is the user+system CPU time a process has used so far.
