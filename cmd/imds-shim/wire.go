@@ -141,7 +141,7 @@ func loadConfig(path string) (*config.Config, error) {
 	if ic, err := imdsConfig(&v); err != nil {
 		errs = append(errs, err)
 	} else if err := ic.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("metadata: %w", err))
+		errs = append(errs, err)
 	}
 	if v.ManageNetwork() {
 		nc, err := networkConfig(&v)

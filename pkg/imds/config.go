@@ -32,7 +32,8 @@ const (
 	DefaultMachineIDPath = "/etc/machine-id"
 )
 
-// Config is what the handler serves. Zero values fall back to on-prem
+// Config is what the handler serves. Validate names problems by the YAML
+// keys of pkg/config, which is where operators set these values. Zero values fall back to on-prem
 // defaults derived from the host (see HostFacts) and from RoleARN.
 type Config struct {
 	// RoleARN is the one role served (arn:PARTITION:iam::ACCOUNT:role/PATH/NAME).
@@ -161,21 +162,21 @@ func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.RoleARN == "" {
-		add("role ARN is empty")
+		add("role_arn: required")
 	} else if _, err := parseRoleARN(c.RoleARN); err != nil {
 		errs = append(errs, err)
 	}
 	switch c.TokenMode {
 	case "", TokenRequired, TokenOptional:
 	default:
-		add("token mode %q is neither %q nor %q", c.TokenMode, TokenRequired, TokenOptional)
+		add("imds.tokens: %q is neither %q nor %q", c.TokenMode, TokenRequired, TokenOptional)
 	}
 	if c.HopLimit != 0 && (c.HopLimit < 1 || c.HopLimit > 64) {
-		add("hop limit %d is outside 1..64", c.HopLimit)
+		add("imds.hop_limit: %d is outside 1..64", c.HopLimit)
 	}
 	for _, p := range c.AllowedCIDRs {
 		if !p.IsValid() {
-			add("allowed CIDR %v is invalid", p)
+			add("imds.allowed_cidrs: %v is invalid", p)
 		}
 	}
 	for _, h := range c.AllowedHosts {
@@ -184,7 +185,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.Region != "" && !regionRE.MatchString(c.Region) {
-		add("region %q is not a region name like us-east-1", c.Region)
+		add("region: %q is not a region name like us-east-1", c.Region)
 	}
 	if c.AvailabilityZone != "" {
 		region := c.Region
@@ -192,45 +193,45 @@ func (c Config) Validate() error {
 			region = c.AvailabilityZone[:len(c.AvailabilityZone)-1]
 		}
 		if !azMatches(c.AvailabilityZone, region) {
-			add("availability zone %q is not %s followed by one letter", c.AvailabilityZone, region)
+			add("metadata.availability_zone: %q is not %s followed by one letter", c.AvailabilityZone, region)
 		}
 	}
 	if c.AvailabilityZoneID != "" && !azIDRE.MatchString(c.AvailabilityZoneID) {
-		add("availability zone ID %q is not shaped like use1-az1", c.AvailabilityZoneID)
+		add("metadata.availability_zone_id: %q is not shaped like use1-az1", c.AvailabilityZoneID)
 	}
 	if c.Domain != "" && !domainRE.MatchString(c.Domain) {
-		add("domain %q is not a DNS suffix", c.Domain)
+		add("metadata.domain: %q is not a DNS suffix", c.Domain)
 	}
 	if c.InstanceID != "" && !instanceRE.MatchString(c.InstanceID) {
-		add("instance ID %q is not i- followed by 8 or 17 hex digits", c.InstanceID)
+		add("metadata.instance_id: %q is not i- followed by 8 or 17 hex digits", c.InstanceID)
 	}
 	if c.ImageID != "" && !imageRE.MatchString(c.ImageID) {
-		add("image ID %q is not ami- followed by 8 or 17 hex digits", c.ImageID)
+		add("metadata.ami_id: %q is not ami- followed by 8 or 17 hex digits", c.ImageID)
 	}
 	if c.InstanceType != "" && !typeRE.MatchString(c.InstanceType) {
-		add("instance type %q has characters other than letters, digits, '.' and '-'", c.InstanceType)
+		add("metadata.instance_type: %q has characters other than letters, digits, '.' and '-'", c.InstanceType)
 	}
 	if c.Hostname != "" && !hostRE.MatchString(c.Hostname) {
-		add("hostname %q is not a host name", c.Hostname)
+		add("metadata.hostname: %q is not a host name", c.Hostname)
 	}
 	if c.LocalHostname != "" && !hostRE.MatchString(c.LocalHostname) {
-		add("local hostname %q is not a host name", c.LocalHostname)
+		add("metadata.local_hostname: %q is not a host name", c.LocalHostname)
 	}
 	if c.LocalIPv4.IsValid() && !c.LocalIPv4.Is4() {
-		add("local IPv4 %v is not an IPv4 address", c.LocalIPv4)
+		add("metadata.local_ipv4: %v is not an IPv4 address", c.LocalIPv4)
 	}
 	if c.MAC != "" {
 		if hw, err := net.ParseMAC(c.MAC); err != nil || len(hw) != 6 {
-			add("MAC %q is not a 48-bit MAC address", c.MAC)
+			add("metadata.mac: %q is not a 48-bit MAC address", c.MAC)
 		}
 	}
 	switch c.Architecture {
 	case "", "x86_64", "arm64", "i386":
 	default:
-		add("architecture %q is not x86_64, arm64 or i386", c.Architecture)
+		add("metadata.architecture: %q is not x86_64, arm64 or i386", c.Architecture)
 	}
 	if c.InstanceProfileARN != "" && !strings.Contains(c.InstanceProfileARN, ":instance-profile/") {
-		add("instance profile ARN %q has no :instance-profile/ resource", c.InstanceProfileARN)
+		add("metadata.instance_profile_arn: %q has no :instance-profile/ resource", c.InstanceProfileARN)
 	}
 	if c.InstanceProfileID != "" && !profIDRE.MatchString(c.InstanceProfileID) {
 		add("instance profile ID %q is not AIPA followed by 16-17 upper-case letters or digits", c.InstanceProfileID)
@@ -238,10 +239,10 @@ func (c Config) Validate() error {
 	for _, k := range slices.Sorted(maps.Keys(c.Tags)) { // errors in a stable order
 		v := c.Tags[k]
 		if err := checkName(k); err != nil {
-			add("tag key %q: %w", k, err)
+			add("metadata.tags: key %q: %w", k, err)
 		}
 		if !utf8.ValidString(v) || hasControl(v) {
-			add("tag %q: value has control characters or invalid UTF-8", k)
+			add("metadata.tags.%s: value has control characters or invalid UTF-8", k)
 		}
 	}
 	for _, p := range slices.Sorted(maps.Keys(c.Overrides)) {

@@ -387,7 +387,7 @@ func TestUpdate(t *testing.T) {
 	if err == nil {
 		t.Fatal("Update accepted an invalid config")
 	}
-	for _, want := range []string{`token mode "sometimes"`, `region "mars"`} {
+	for _, want := range []string{`imds.tokens: "sometimes"`, `region: "mars"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
@@ -414,17 +414,17 @@ func TestConfigValidate(t *testing.T) {
 			c.Tags = map[string]string{"Name": "build box", "team:owner": ""}
 			c.Overrides = map[string]string{"meta-data/public-keys/0/openssh-key": "ssh-ed25519 AAAA"}
 		}, ""},
-		{"no role", func(c *Config) { c.RoleARN = "" }, "role ARN is empty"},
+		{"no role", func(c *Config) { c.RoleARN = "" }, "role_arn: required"},
 		{"user ARN", func(c *Config) { c.RoleARN = "arn:aws:iam::123456789012:user/bob" }, "resource is not role/NAME"},
 		{"bad account", func(c *Config) { c.RoleARN = "arn:aws:iam::12345:role/x" }, "not 12 digits"},
 		{"bad partition", func(c *Config) { c.RoleARN = "arn:azure:iam::123456789012:role/x" }, "unknown partition"},
-		{"mode", func(c *Config) { c.TokenMode = "v1" }, `token mode "v1"`},
-		{"hop", func(c *Config) { c.HopLimit = 65 }, "hop limit 65"},
-		{"az", func(c *Config) { c.Region, c.AvailabilityZone = "us-east-1", "us-west-2a" }, "availability zone"},
-		{"instance", func(c *Config) { c.InstanceID = "i-xyz" }, "instance ID"},
+		{"mode", func(c *Config) { c.TokenMode = "v1" }, `imds.tokens: "v1"`},
+		{"hop", func(c *Config) { c.HopLimit = 65 }, "imds.hop_limit: 65"},
+		{"az", func(c *Config) { c.Region, c.AvailabilityZone = "us-east-1", "us-west-2a" }, "metadata.availability_zone: "},
+		{"instance", func(c *Config) { c.InstanceID = "i-xyz" }, "metadata.instance_id: "},
 		{"mac", func(c *Config) { c.MAC = "zz" }, "MAC"},
 		{"ipv4", func(c *Config) { c.LocalIPv4 = netip.MustParseAddr("::1") }, "not an IPv4"},
-		{"tag slash", func(c *Config) { c.Tags = map[string]string{"a/b": "x"} }, "tag key"},
+		{"tag slash", func(c *Config) { c.Tags = map[string]string{"a/b": "x"} }, "metadata.tags: key"},
 		{"tag newline", func(c *Config) { c.Tags = map[string]string{"a": "x\ny"} }, "control characters"},
 		{"override iam", func(c *Config) { c.Overrides = map[string]string{"meta-data/iam/info": "{}"} }, "reserved"},
 		{"override traversal", func(c *Config) { c.Overrides = map[string]string{"meta-data/../x": "1"} }, "starts with '.'"},
