@@ -10,6 +10,16 @@ set -euo pipefail
 BIN=$(realpath "${1:-bin/imds-shim}")
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates a private network namespace)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "demo: $BIN not found; run make build" >&2; exit 1; }
+# What the demo needs from the system: iptables (the redirect), curl, and
+# python3 with moto (the STS emulator). A fresh Debian machine may lack
+# iptables; install it rather than fail.
+missing=()
+for c in iptables curl; do command -v "$c" >/dev/null || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "demo: installing ${missing[*]} with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+python3 -c 'import moto' 2>/dev/null || { echo "demo: needs python3 with the moto package (python3 -m moto.server)" >&2; exit 1; }
 if [ -z "${IMDS_SHIM_DEMO_NETNS:-}" ]; then
   exec unshare --net env IMDS_SHIM_DEMO_NETNS=1 "$0" "$BIN"
 fi
