@@ -251,6 +251,7 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps,
 		OnCredentials:  m.setEngine,
 		Notifier:       daemon.SystemdNotifier{},
 		Watchdog:       daemon.WatchdogInterval(),
+		Endpoint:       daemon.EndpointAddr,
 		ControlSocket:  filepath.Join(rtDir, "control.sock"),
 		Version:        version,
 	}, nil

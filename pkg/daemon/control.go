@@ -33,9 +33,10 @@ func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, e
 	return srv, nil
 }
 
-// healthz answers 200 when the daemon serves valid credentials, and 503 with
-// the reason when it does not, so that fleet monitoring sees an STS outage
-// before the last good credentials run out.
+// healthz answers 200 when the daemon serves valid credentials on its
+// listener and through 169.254.169.254, and 503 with the reason when it does
+// not, so that fleet monitoring sees an STS outage before the last good
+// credentials run out, and a redirect that no longer reaches us.
 func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 	d.mu.Lock()
 	creds := d.creds
@@ -50,6 +51,18 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "unhealthy: metadata listener does not answer: %s\n", oneLine(err))
 		return
+	}
+	// Clients come through the redirect: prove it reaches us (our
+	// handler answers as EC2ws) and not a stale rule or another host.
+	if ep := d.deps.Endpoint; ep != "" && d.managed() {
+		if server, err := probeAddr(context.Background(), ep); err != nil || server != "EC2ws" {
+			if err == nil {
+				err = fmt.Errorf("answered by %q, not imds-shim", server)
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: http://%s/ does not reach imds-shim: %s\n", ep, oneLine(err))
+			return
+		}
 	}
 	fmt.Fprintln(w, "ok")
 }
@@ -74,6 +87,12 @@ type Status struct {
 	CredentialsExpire string `json:"credentials_expire,omitempty"`
 	Network           any    `json:"network,omitempty"`
 	NetworkError      string `json:"network_error,omitempty"`
+}
+
+func (d *daemon) managed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.net != nil
 }
 
 func (d *daemon) status(ctx context.Context) Status {

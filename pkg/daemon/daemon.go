@@ -93,6 +93,10 @@ type Deps struct {
 	// Watchdog is the interval at which to send WATCHDOG=1, 0 for none
 	// (half of systemd's WATCHDOG_USEC).
 	Watchdog time.Duration
+	// Endpoint is the address clients use when the network is managed
+	// (EndpointAddr); /healthz checks that a request to it reaches us.
+	// "" skips that check.
+	Endpoint string
 	// ControlSocket is the unix socket `imds-shim status` reads; "" for none.
 	ControlSocket string
 	// Version is reported in status.
@@ -358,19 +362,31 @@ func (d *daemon) probe(ctx context.Context) error {
 	d.mu.Lock()
 	addr := d.ln.Addr().String()
 	d.mu.Unlock()
+	if _, err := probeAddr(ctx, addr); err != nil {
+		d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
+		return err
+	}
+	return nil
+}
+
+// EndpointAddr is where clients reach the service when the network is
+// managed; the production Deps.Endpoint.
+const EndpointAddr = "169.254.169.254:80"
+
+// probeAddr makes one GET / to addr and returns the Server header.
+func probeAddr(ctx context.Context, addr string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	resp, err := probeClient.Do(req)
 	if err != nil {
-		d.log.Warn("watchdog probe of own listener failed", "addr", addr, "err", err)
-		return err
+		return "", err
 	}
 	resp.Body.Close()
-	return nil
+	return resp.Header.Get("Server"), nil
 }
 
 var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,6 +107,12 @@ func (c *fakeCreds) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 func (c *fakeCreds) Current() (credentials.Credentials, error) {
+	c.w.mu.Lock()
+	err := c.w.fail["current"]
+	c.w.mu.Unlock()
+	if err != nil {
+		return credentials.Credentials{}, err
+	}
 	return credentials.Credentials{AccessKeyID: "AKID", RoleARN: c.role, Expires: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, nil
 }
 
@@ -515,4 +523,55 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestHealthz: 200 only while credentials are valid and both the listener
+// and the client-facing endpoint reach the handler.
+func TestHealthz(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	deps := w.deps(dir)
+	var metricsAddr string
+	deps.ListenMetrics = func(string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err == nil {
+			metricsAddr = ln.Addr().String()
+		}
+		return ln, err
+	}
+	// The endpoint stands in for 169.254.169.254: first our handler behind
+	// it (EC2ws), then something that is not imds-shim, then nothing.
+	var impostor atomic.Bool
+	ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !impostor.Load() {
+			w.Header().Set("Server", "EC2ws")
+		}
+		io.WriteString(w, "hello")
+	}))
+	deps.Endpoint = strings.TrimPrefix(ep.URL, "http://")
+	cancel, _, done := start(t, w, deps, path)
+	defer func() { cancel(); wait(t, done) }()
+	check := func(wantCode int, wantBody string) {
+		t.Helper()
+		resp, err := http.Get("http://" + metricsAddr + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != wantCode || !strings.Contains(string(b), wantBody) {
+			t.Errorf("/healthz = %d %q, want %d containing %q", resp.StatusCode, b, wantCode, wantBody)
+		}
+	}
+	check(200, "ok")
+	w.setFail("current", credentials.ErrNoCredentials)
+	check(503, "unhealthy: no valid credentials")
+	w.setFail("current", nil)
+	check(200, "ok")
+	impostor.Store(true)
+	check(503, "does not reach imds-shim: answered by \"\"")
+	ep.Close()
+	check(503, "does not reach imds-shim")
 }

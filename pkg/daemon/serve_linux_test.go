@@ -265,6 +265,18 @@ func imdsGet(t *testing.T, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // awsCLI runs the AWS CLI with no configuration at all: an empty HOME and
 // no AWS_* variables. Its credentials can only come from 169.254.169.254.
 func awsCLI(t *testing.T, e *env, args ...string) string {
@@ -322,6 +334,15 @@ func TestServe(t *testing.T) {
 	if err != nil || !strings.Contains(string(st), "role:        arn:aws:iam::123456789012:role/app") ||
 		!strings.Contains(string(st), "ok      address 169.254.169.254/32 on lo") {
 		t.Errorf("status: %v\n%s", err, st)
+	}
+
+	// /healthz proves the whole path, and /metrics counted the requests.
+	if code, body := httpGet(t, "http://127.0.0.1:9254/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	if _, body := httpGet(t, "http://127.0.0.1:9254/metrics"); !strings.Contains(body, `imds_shim_requests_total{class="credentials",code="200"}`) ||
+		!strings.Contains(body, "imds_shim_credentials_expiry_seconds") {
+		t.Errorf("/metrics lacks request counts or expiry:\n%.2000s", body)
 	}
 
 	// SIGHUP with a changed role serves the new role.
