@@ -238,14 +238,14 @@ func (d *daemonProc) wait(t *testing.T) int {
 	}
 }
 
-// imdsGet fetches path through 169.254.169.254 with an IMDSv2 token, as an
-// SDK does.
-func imdsGet(t *testing.T, path string) (int, string) {
+var imdsClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+
+// imdsToken gets an IMDSv2 token through 169.254.169.254.
+func imdsToken(t *testing.T) string {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	req, _ := http.NewRequest(http.MethodPut, "http://169.254.169.254/latest/api/token", nil)
-	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
-	resp, err := c.Do(req)
+	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "600")
+	resp, err := imdsClient.Do(req)
 	if err != nil {
 		t.Fatalf("token: %v", err)
 	}
@@ -254,9 +254,21 @@ func imdsGet(t *testing.T, path string) (int, string) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("token: %d %s", resp.StatusCode, tok)
 	}
-	req, _ = http.NewRequest(http.MethodGet, "http://169.254.169.254"+path, nil)
-	req.Header.Set("X-aws-ec2-metadata-token", string(tok))
-	resp, err = c.Do(req)
+	return string(tok)
+}
+
+// imdsGet fetches path through 169.254.169.254 with a new IMDSv2 token, as
+// an SDK does.
+func imdsGet(t *testing.T, path string) (int, string) {
+	t.Helper()
+	return imdsGetWith(t, imdsToken(t), path)
+}
+
+func imdsGetWith(t *testing.T, tok, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://169.254.169.254"+path, nil)
+	req.Header.Set("X-aws-ec2-metadata-token", tok)
+	resp, err := imdsClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
@@ -441,6 +453,8 @@ func TestCrashThenCleanupAndRestart(t *testing.T) {
 	d := e.serve(cfg)
 	e.waitNote("READY=1", d)
 	running := netState(t)
+	// A token an SDK cached before the crash.
+	tok := imdsToken(t)
 	d.cmd.Process.Kill()
 	d.wait(t)
 	if got := netState(t); got != running {
@@ -452,6 +466,14 @@ func TestCrashThenCleanupAndRestart(t *testing.T) {
 	e.waitNote("READY=1", d)
 	if diff := cmp.Diff(running, netState(t)); diff != "" {
 		t.Errorf("state after crash+restart differs from a clean start (-clean +restarted):\n%s", diff)
+	}
+	// The key in the runtime directory outlived the process, so the
+	// token still works: clients need not notice the restart.
+	if code, body := imdsGetWith(t, tok, "/latest/meta-data/iam/security-credentials/"); code != 200 || body != "app" {
+		t.Errorf("token from before the restart: %d %q", code, body)
+	}
+	if code, _ := imdsGetWith(t, tok[:len(tok)-2]+"xx", "/latest/meta-data/iam/security-credentials/"); code != 401 {
+		t.Errorf("forged token: %d, want 401", code)
 	}
 	d.cmd.Process.Kill()
 	d.wait(t)
