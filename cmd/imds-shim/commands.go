@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/config"
@@ -64,28 +65,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// indent prefixes every line of s with two spaces.
 func indent(s string) string {
-	out := ""
-	for _, l := range splitLines(s) {
-		out += "  " + l + "\n"
+	if s == "" {
+		return ""
 	}
-	return out
-}
-
-func splitLines(s string) []string {
-	var lines []string
-	for len(s) > 0 {
-		i := 0
-		for i < len(s) && s[i] != '\n' {
-			i++
-		}
-		lines = append(lines, s[:i])
-		if i < len(s) {
-			i++
-		}
-		s = s[i:]
-	}
-	return lines
+	return "  " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n  ") + "\n"
 }
 
 // cmdCleanup removes the address, link and rules of any earlier run, found

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -440,21 +441,14 @@ func (d *daemon) statusLine() string {
 	return fmt.Sprintf("serving %s; credentials expire %s", roleName(cfg.RoleARN), c.Expires.UTC().Format(time.RFC3339))
 }
 
+// roleName is the role's name as clients see it under security-credentials/.
 func roleName(arn string) string {
-	for i := len(arn) - 1; i >= 0; i-- {
-		if arn[i] == '/' {
-			return arn[i+1:]
-		}
+	if r, err := credentials.ParseRoleARN(arn); err == nil {
+		return r.Name
 	}
 	return arn
 }
 
 func oneLine(err error) string {
-	b := []byte(err.Error())
-	for i, c := range b {
-		if c == '\n' {
-			b[i] = ';'
-		}
-	}
-	return string(b)
+	return strings.ReplaceAll(err.Error(), "\n", ";")
 }
