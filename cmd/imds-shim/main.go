@@ -38,7 +38,7 @@ Run "imds-shim COMMAND --help" for a command's flags.
 Exit codes:
   0  success
   1  runtime failure (e.g. teardown failed, status could not reach the daemon)
-  2  bad command line
+  64 bad command line
   3  configuration missing or invalid
   4  no credentials from STS (serve: within start_timeout; check: the trial call)
   5  address, rules or listener could not be set up
@@ -95,7 +95,7 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 }
 
 // parse handles -h/--help (usage on stdout, exit 0) and flag errors (usage
-// on stderr, exit 2); ok is false when the caller should return code.
+// on stderr, ExitUsage); ok is false when the caller should return code.
 func parse(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

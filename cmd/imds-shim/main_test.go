@@ -23,17 +23,17 @@ func TestCLI(t *testing.T) {
 		out, err string
 		notOut   string
 	}{
-		{nil, 2, "", "Usage:", ""},
+		{nil, 64, "", "Usage:", ""},
 		{[]string{"help"}, 0, "Exit codes:", "", ""},
 		{[]string{"--help"}, 0, "imds-shim serve", "", ""},
 		{[]string{"version"}, 0, "imds-shim ", "", ""},
-		{[]string{"bogus"}, 2, "", `unknown command "bogus"`, ""},
+		{[]string{"bogus"}, 64, "", `unknown command "bogus"`, ""},
 		{[]string{"serve", "--help"}, 0, "configuration", "", ""},
 		{[]string{"check", "-h"}, 0, "-no-sts", "", ""},
 		{[]string{"cleanup", "--help"}, 0, "Usage: imds-shim cleanup", "", ""},
 		{[]string{"status", "--help"}, 0, "-json", "", ""},
-		{[]string{"serve", "--nope"}, 2, "", "flag provided but not defined", ""},
-		{[]string{"check", "-c", good, "extra"}, 2, "", `unexpected argument "extra"`, ""},
+		{[]string{"serve", "--nope"}, 64, "", "flag provided but not defined", ""},
+		{[]string{"check", "-c", good, "extra"}, 64, "", `unexpected argument "extra"`, ""},
 		{[]string{"check", "-c", filepath.Join(dir, "missing.yaml")}, 3, "", "reading config", ""},
 		{[]string{"check", "-c", bad}, 3, "", "imds.tokens", ""},
 		{[]string{"check", "-c", good, "--no-sts"}, 0, "network:   not managed", "", "network plan"},

@@ -18,12 +18,15 @@ import (
 
 // Exit codes of `imds-shim serve`, documented in README.md and imds-shim(8).
 const (
-	ExitOK          = 0
-	ExitFailure     = 1 // a runtime failure after start-up
-	ExitUsage       = 2 // bad command line
-	ExitConfig      = 3 // the configuration file is missing or invalid
-	ExitCredentials = 4 // no first credentials from STS within start_timeout
-	ExitNetwork     = 5 // the address, the rules or the listener could not be set up
+	ExitOK      = 0
+	ExitFailure = 1 // a runtime failure after start-up
+	// ExitUsage is EX_USAGE from sysexits.h, not 2: the Go runtime exits
+	// with 2 on a panic and on SIGABRT (systemd's watchdog kill), and those
+	// must stay restartable while a bad command line must not.
+	ExitUsage       = 64 // bad command line
+	ExitConfig      = 3  // the configuration file is missing or invalid
+	ExitCredentials = 4  // no first credentials from STS within start_timeout
+	ExitNetwork     = 5  // the address, the rules or the listener could not be set up
 )
 
 // ExitError carries the exit code for an error that ends the daemon.
