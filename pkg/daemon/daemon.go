@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/config"
@@ -157,6 +158,7 @@ type daemon struct {
 	reloads  int
 	lastErr  string // last rejected reload
 	serveErr chan error
+	broken   atomic.Bool // a listener failed: stop feeding the watchdog
 
 	// runs are the background loops of the current components.
 	credsRun, netRun *runner
@@ -327,17 +329,15 @@ func (d *daemon) serve(srv *http.Server, ln net.Listener) {
 	}()
 }
 
-// loop waits for reloads, watchdog ticks and the end.
+// loop waits for reloads and the end.
 func (d *daemon) loop(ctx context.Context, reload <-chan Reload) {
-	var tick <-chan time.Time
 	if d.deps.Watchdog > 0 {
-		t := time.NewTicker(d.deps.Watchdog)
-		defer t.Stop()
-		tick = t.C
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go d.watchdog(wctx)
 	}
 	status := time.NewTicker(30 * time.Second)
 	defer status.Stop()
-	healthy := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -346,17 +346,29 @@ func (d *daemon) loop(ctx context.Context, reload <-chan Reload) {
 			d.reload(ctx)
 		case err := <-d.serveErr:
 			d.log.Error("metadata listener failed", "err", err)
-			healthy = false
-		case <-tick:
-			// The watchdog proves this process still answers on its
-			// listener. It deliberately ignores STS: restarting cannot
-			// fix an STS outage, and the last good credentials are
-			// still being served.
-			if healthy && d.probe(ctx) == nil {
-				d.notify("WATCHDOG=1")
-			}
+			d.broken.Store(true)
 		case <-status.C:
 			d.notify("STATUS=" + d.statusLine())
+		}
+	}
+}
+
+// watchdog sends WATCHDOG=1 while this process still answers on its
+// listener. It runs apart from the loop so that a reload waiting for a new
+// role's first credentials does not starve it. It deliberately ignores STS:
+// restarting cannot fix an STS outage, and the last good credentials are
+// still being served.
+func (d *daemon) watchdog(ctx context.Context) {
+	t := time.NewTicker(d.deps.Watchdog)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !d.broken.Load() && d.probe(ctx) == nil {
+				d.notify("WATCHDOG=1")
+			}
 		}
 	}
 }

@@ -147,11 +147,15 @@ func (h *fakeHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	io.WriteString(rw, roleName(cur.RoleARN))
 }
 
+// Update, like imds.Server's, changes nothing when it fails.
 func (h *fakeHandler) Update(cfg *config.Config, creds CredentialEngine) error {
+	if err := h.w.record("update:" + roleName(cfg.RoleARN)); err != nil {
+		return err
+	}
 	h.mu.Lock()
 	h.creds = creds
 	h.mu.Unlock()
-	return h.w.record("update:" + roleName(cfg.RoleARN))
+	return nil
 }
 
 func (w *world) deps(dir string) Deps {
@@ -414,7 +418,7 @@ func TestReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "listen:127.0.0.1:8255/hop1", "setup:auto->127.0.0.1:8255", "update:other", "notify:READY=1"}, w.Events()[before:]); d != "" {
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "listen:127.0.0.1:8255/hop1", "update:other", "setup:auto->127.0.0.1:8255", "notify:READY=1"}, w.Events()[before:]); d != "" {
 		t.Errorf("listener reload side effects (-want +got):\n%s", d)
 	}
 	if st.Listen == strings.TrimPrefix(strings.TrimSuffix(url, "/"), "http://") {
@@ -437,7 +441,7 @@ func TestReload(t *testing.T) {
 	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "teardown:auto->127.0.0.1:8255", "update:other", "notify:READY=1"}, w.Events()[before:]); d != "" {
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "update:other", "teardown:auto->127.0.0.1:8255", "notify:READY=1"}, w.Events()[before:]); d != "" {
 		t.Errorf("network-off reload side effects (-want +got):\n%s", d)
 	}
 	cancel()
@@ -574,4 +578,76 @@ func TestHealthz(t *testing.T) {
 	check(503, "does not reach imds-shim: answered by \"\"")
 	ep.Close()
 	check(503, "does not reach imds-shim")
+}
+
+// TestReloadRefusedByHandlerChangesNothing: a configuration the handler
+// refuses (say an unreadable metadata_dir) on top of a new listener must
+// leave the redirect and the old listener as they were.
+func TestReloadRefusedByHandlerChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	cancel, reload, done := start(t, w, w.deps(dir), path)
+	defer cancel()
+	sock := filepath.Join(dir, "control.sock")
+	st, _, err := ReadStatus(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.setFail("update:refused", errors.New("metadata_dir: no such directory"))
+	if err := os.WriteFile(path, []byte("role_arn: arn:aws:iam::123456789012:role/refused\nimds:\n  listen: 127.0.0.1:8255\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := len(w.Events())
+	w.reloadAndWait(reload)
+	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "fetch:refused", "listen:127.0.0.1:8255/hop1", "update:refused", "notify:READY=1"}, w.Events()[before:]); d != "" {
+		t.Errorf("refused reload side effects (-want +got):\n%s", d)
+	}
+	after, _, err := ReadStatus(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Listen != st.Listen || after.RoleARN != st.RoleARN || !strings.Contains(after.LastReloadError, "no such directory") {
+		t.Errorf("after a refused reload: %+v", after)
+	}
+	if got := get(t, "http://"+st.Listen+"/"); got != "app" {
+		t.Errorf("old listener serves %q, want app", got)
+	}
+	cancel()
+	wait(t, done)
+}
+
+// TestReloadNetworkFailureRestores: when the new redirect cannot be set
+// up, the previous plan and the previous handler configuration come back.
+func TestReloadNetworkFailureRestores(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	cancel, reload, done := start(t, w, w.deps(dir), path)
+	defer cancel()
+	w.setFail("setup:auto->127.0.0.1:8255", errors.New("iptables: no chain"))
+	if err := os.WriteFile(path, []byte("role_arn: arn:aws:iam::123456789012:role/app\nimds:\n  listen: 127.0.0.1:8255\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := len(w.Events())
+	w.reloadAndWait(reload)
+	want := []string{"notify:RELOADING=1", "load", "listen:127.0.0.1:8255/hop1", "update:app",
+		"setup:auto->127.0.0.1:8255", "setup:auto->127.0.0.1:8254", "update:app", "notify:READY=1"}
+	if d := cmp.Diff(want, w.Events()[before:]); d != "" {
+		t.Errorf("failed network reload side effects (-want +got):\n%s", d)
+	}
+	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.LastReloadError, "no chain") || st.Reloads != 0 {
+		t.Errorf("status after failed network reload: %+v", st)
+	}
+	if got := get(t, "http://"+st.Listen+"/"); got != "app" {
+		t.Errorf("old listener serves %q", got)
+	}
+	cancel()
+	wait(t, done)
 }

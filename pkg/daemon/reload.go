@@ -95,18 +95,27 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		}
 	}
 
-	// 3. Network: converge to the new plan.
-	newNet, err := d.reloadNetwork(ctx, old, cfg)
-	if err != nil {
-		abandonListener()
-		return err
-	}
-
-	// 4. Switch.
+	// 3. The handler: one handler serves every listener, so switching it
+	// while the redirect still points at the old listener is safe. It
+	// goes before the network because it can still refuse (an unreadable
+	// metadata_dir), and nothing outside the process has changed yet.
 	if err := d.handler.Update(cfg, newCreds); err != nil {
 		abandonListener()
 		return fmt.Errorf("applying the metadata configuration: %w", err)
 	}
+
+	// 4. Network: converge to the new plan; on failure put the handler
+	// back too, so the old configuration keeps running whole.
+	newNet, err := d.reloadNetwork(ctx, old, cfg)
+	if err != nil {
+		if rerr := d.handler.Update(old, creds); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("restoring the previous metadata configuration: %w", rerr))
+		}
+		abandonListener()
+		return err
+	}
+
+	// 5. Switch.
 	d.mu.Lock()
 	d.cfg, d.creds, d.ln, d.net = cfg, newCreds, newLn, newNet
 	d.mu.Unlock()
