@@ -102,3 +102,34 @@ func TestMetricsObserver(t *testing.T) {
 		t.Errorf("Request allocates %v times per call on the hot path", allocs)
 	}
 }
+
+// TestSourceFingerprint: rotating the key inside an unchanged
+// credentials_file must count as a credential change on reload.
+func TestSourceFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	cfg := filepath.Join(dir, "c.yaml")
+	os.WriteFile(cfg, []byte("role_arn: arn:aws:iam::123456789012:role/app\ncredentials_file: "+creds+"\nnetwork: {manage: false}\n"), 0o600)
+	os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIAOLD\naws_secret_access_key = old\n"), 0o600)
+	a, err := loadConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := loadConfig(cfg)
+	os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIANEW\naws_secret_access_key = new\n"), 0o600)
+	c, _ := loadConfig(cfg)
+	if a.SourceFingerprint == "" || a.SourceFingerprint != b.SourceFingerprint || a.SourceFingerprint == c.SourceFingerprint {
+		t.Errorf("fingerprints: same file %q/%q, rotated %q", a.SourceFingerprint, b.SourceFingerprint, c.SourceFingerprint)
+	}
+	if strings.Contains(a.SourceFingerprint, "old") {
+		t.Error("the fingerprint carries file content")
+	}
+}
+
+func TestCheckReadsMetadataDir(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte("role_arn: arn:aws:iam::123456789012:role/app\nimds: {metadata_dir: /nonexistent/imds-shim}\n"), 0o600)
+	if _, err := loadConfig(p); err == nil || !strings.Contains(err.Error(), "imds.metadata_dir") {
+		t.Errorf("loadConfig with a missing metadata_dir: %v", err)
+	}
+}

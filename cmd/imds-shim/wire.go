@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -142,6 +144,12 @@ func loadConfig(path string) (*config.Config, error) {
 		errs = append(errs, err)
 	} else if err := ic.Validate(); err != nil {
 		errs = append(errs, err)
+	} else if ic.MetadataDir != "" {
+		// Building a server reads metadata_dir as serve will, so a
+		// missing or bad directory fails check and a reload up front.
+		if _, err := imds.NewServer(ic, noCredentials{}, imds.Options{}); err != nil {
+			errs = append(errs, fmt.Errorf("imds.metadata_dir: %w", err))
+		}
 	}
 	if v.ManageNetwork() {
 		nc, err := networkConfig(&v)
@@ -153,7 +161,38 @@ func loadConfig(path string) (*config.Config, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, dedupe(err))
 	}
+	c.SourceFingerprint = sourceFingerprint(c)
 	return c, nil
+}
+
+// noCredentials stands in for the engine where only the handler's
+// configuration is being checked.
+type noCredentials struct{}
+
+func (noCredentials) Current() (credentials.Credentials, error) {
+	return credentials.Credentials{}, credentials.ErrNoCredentials
+}
+
+// sourceFingerprint digests the files the SDK reads source credentials
+// from. The SDK reads them once per client, so a rotated key in an
+// unchanged path must still count as a change on reload.
+func sourceFingerprint(c *config.Config) string {
+	files := []string{c.CredentialsFile, c.ConfigFile}
+	if home, err := os.UserHomeDir(); err == nil {
+		if files[0] == "" {
+			files[0] = filepath.Join(home, ".aws", "credentials")
+		}
+		if files[1] == "" {
+			files[1] = filepath.Join(home, ".aws", "config")
+		}
+	}
+	h := sha256.New()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		fmt.Fprintf(h, "%s %t %d\n", f, err == nil, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // dedupe drops a problem whose key was already reported.

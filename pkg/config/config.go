@@ -29,6 +29,8 @@ const (
 	DefaultReconcile     = 10 * time.Second
 	DefaultStartTimeout  = 45 * time.Second
 	DefaultStopTimeout   = 10 * time.Second
+	MaxStartTimeout      = 80 * time.Second
+	MaxStopTimeout       = 25 * time.Second
 )
 
 // Config is the whole file. Field tags are the public key names.
@@ -55,6 +57,12 @@ type Config struct {
 
 	StartTimeout Duration `yaml:"start_timeout"`
 	StopTimeout  Duration `yaml:"stop_timeout"`
+
+	// SourceFingerprint is not read from the file: the loader sets it to a
+	// digest of the source credential files' contents, so that a reload
+	// after a key rotation builds a new STS client even though no key in
+	// this file changed.
+	SourceFingerprint string `yaml:"-"`
 
 	IMDS     IMDS     `yaml:"imds"`
 	Metadata Metadata `yaml:"metadata"`
@@ -308,11 +316,14 @@ func (c *Config) Validate() error {
 	if d := c.Network.ReconcileInterval.D(); d < time.Second || d > time.Hour {
 		bad("network.reconcile_interval", "%s is outside 1s..1h", d)
 	}
-	if d := c.StartTimeout.D(); d < time.Second || d > 10*time.Minute {
-		bad("start_timeout", "%s is outside 1s..10m", d)
+	// The unit gives the daemon TimeoutStartSec=90s and TimeoutStopSec=30s;
+	// staying inside them lets serve exit with its own code and tear the
+	// network down itself instead of being killed.
+	if d := c.StartTimeout.D(); d < time.Second || d > MaxStartTimeout {
+		bad("start_timeout", "%s is outside 1s..%s (the unit's TimeoutStartSec is 90s)", d, MaxStartTimeout)
 	}
-	if d := c.StopTimeout.D(); d < time.Second || d > 5*time.Minute {
-		bad("stop_timeout", "%s is outside 1s..5m", d)
+	if d := c.StopTimeout.D(); d < time.Second || d > MaxStopTimeout {
+		bad("stop_timeout", "%s is outside 1s..%s (the unit's TimeoutStopSec is 30s)", d, MaxStopTimeout)
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":

@@ -200,14 +200,14 @@ func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config) (Ne
 // on differs between two configurations.
 func credentialsChanged(a, b *config.Config) bool {
 	type credKeys struct {
-		RoleARN, Region, STSEndpoint, SessionName, ExternalID, Policy, SourceIdentity string
-		Duration                                                                      config.Duration
-		PolicyARNs, TransitiveTagKeys                                                 []string
-		Tags                                                                          map[string]string
-		Profile, CredentialsFile, ConfigFile, WebIdentityTokenFile                    string
+		RoleARN, Region, STSEndpoint, SessionName, ExternalID, Policy, SourceIdentity, SourceFingerprint string
+		Duration                                                                                         config.Duration
+		PolicyARNs, TransitiveTagKeys                                                                    []string
+		Tags                                                                                             map[string]string
+		Profile, CredentialsFile, ConfigFile, WebIdentityTokenFile                                       string
 	}
 	k := func(c *config.Config) credKeys {
-		return credKeys{c.RoleARN, c.Region, c.STSEndpoint, c.SessionName, c.ExternalID, c.Policy, c.SourceIdentity,
+		return credKeys{c.RoleARN, c.Region, c.STSEndpoint, c.SessionName, c.ExternalID, c.Policy, c.SourceIdentity, c.SourceFingerprint,
 			c.Duration, c.PolicyARNs, c.TransitiveTagKeys, c.Tags, c.Profile, c.CredentialsFile, c.ConfigFile, c.WebIdentityTokenFile}
 	}
 	return !reflect.DeepEqual(k(a), k(b))
