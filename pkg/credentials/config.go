@@ -226,8 +226,11 @@ func checkPolicyARN(s string) error {
 func checkEndpoint(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("parsing %q: %w", s, err)
+		// url's own error quotes the input, which may hold a password.
+		return errors.New("not a URL")
 	}
+	// Never repeat a password into logs, check output or status.
+	s = u.Redacted()
 	if u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return fmt.Errorf("%q must be an http(s)://HOST[:PORT] URL", s)
 	}

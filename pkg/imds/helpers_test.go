@@ -1,7 +1,9 @@
 package imds
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -136,16 +138,22 @@ func newEnv(t testing.TB, cfg Config) *testEnv {
 func (e *testEnv) do(method, path string, hdr map[string]string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(method, "http://169.254.169.254"+path, nil)
 	r.RemoteAddr = "127.0.0.1:40000"
+	// The connection's local address: the daemon's loopback listener, as
+	// for traffic redirected from 169.254.169.254, unless a row says.
+	local := "127.0.0.1:8254"
 	for k, v := range hdr {
 		switch k {
 		case "Host":
 			r.Host = v
+		case "LocalAddr":
+			local = v
 		case "RemoteAddr":
 			r.RemoteAddr = v
 		default:
 			r.Header.Set(k, v)
 		}
 	}
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(local))))
 	w := httptest.NewRecorder()
 	e.srv.ServeHTTP(w, r)
 	return w

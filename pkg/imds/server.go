@@ -334,14 +334,28 @@ var (
 	endpointV6 = netip.MustParseAddr("fd00:ec2::254")
 )
 
-func (st *state) sourceAllowed(remote string) bool {
-	ap, err := netip.ParseAddrPort(remote)
+// sourceAllowed admits loopback, the configured ranges, and the endpoint
+// address itself — but that last one only on a connection that arrived on a
+// local address (loopback or the endpoint): traffic this host sends to
+// 169.254.169.254 on lo carries that source, while on a listener reachable
+// from the network any neighbour could claim it.
+func (st *state) sourceAllowed(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return false
 	}
 	a := ap.Addr().Unmap().WithZone("")
-	if a.IsLoopback() || a == endpointV4 || a == endpointV6 {
+	if a.IsLoopback() {
 		return true
+	}
+	if a == endpointV4 || a == endpointV6 {
+		if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if l, err := netip.ParseAddrPort(la.String()); err == nil {
+				if l := l.Addr().Unmap().WithZone(""); l.IsLoopback() || l == endpointV4 || l == endpointV6 {
+					return true
+				}
+			}
+		}
 	}
 	for _, p := range st.cfg.AllowedCIDRs {
 		if p.Contains(a) {
@@ -454,7 +468,7 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 		class = ClassToken
 	}
 
-	if !st.sourceAllowed(r.RemoteAddr) || !st.hostAllowed(r) {
+	if !st.sourceAllowed(r) || !st.hostAllowed(r) {
 		return class, s.fail(w, r, http.StatusForbidden)
 	}
 	if isToken && version == "latest" {

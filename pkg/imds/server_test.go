@@ -147,6 +147,9 @@ func TestServeTable(t *testing.T) {
 		// Source allowlist and Host check (both 403, before anything else).
 		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "10.9.9.9:1234"}, 403, ""},
 		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "169.254.169.254:5555"}, 200, ""},
+		// A neighbour claiming 169.254.169.254 on a listener reachable from the network.
+		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "169.254.169.254:5555", "LocalAddr": "192.0.2.10:8254"}, 403, ""},
+		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "169.254.169.254:5555", "LocalAddr": "169.254.169.254:80"}, 200, ""},
 		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "[::1]:5555"}, 200, ""},
 		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "[::ffff:127.0.0.1]:5555"}, 200, ""},
 		{TokenOptional, "GET", credsPath, tokNone, map[string]string{"RemoteAddr": "[fd00:ec2::254]:5555"}, 200, ""},
