@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 BIN := bin/imds-shim
 GOTEST_FLAGS ?= -race -count=1 -timeout 20m
 
-.PHONY: all build test test-unit demo lint vet staticcheck fmt-check clean
+.PHONY: all build deps test test-unit demo lint vet staticcheck fmt-check clean
 
 all: build
 
@@ -21,7 +21,11 @@ build:
 # root those tests skip and say so. The packages are built and linted, and
 # installed into a booted systemd (packaging/packaging.mk), first, so that
 # the log ends with the Go tests' summary.
-test: build lint-packages e2e test-unit
+test: deps build lint-packages e2e test-unit
+
+# Debian packages and the pinned JavaScript SDK the tests need (test/deps.sh).
+deps:
+	test/deps.sh
 
 # go test's output as usual, then the skipped tests with their reasons and a
 # closing count (test/testsummary).
