@@ -83,3 +83,45 @@ func TestCredentialsPathAllocs(t *testing.T) {
 		t.Errorf("credential GET allocates %.1f times per request, want 0", allocs)
 	}
 }
+
+// BenchmarkTokenPUT measures issuing one IMDSv2 token in the handler alone.
+func BenchmarkTokenPUT(b *testing.B) {
+	e := newEnv(b, baseConfig())
+	e.srv.obs = NopObserver{} // the test recorder allocates
+	r := httptest.NewRequest("PUT", "http://169.254.169.254/latest/api/token", nil)
+	r.RemoteAddr = "127.0.0.1:40000"
+	r.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+	w := &benchWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		e.srv.ServeHTTP(w, r)
+		if w.status != 200 {
+			b.Fatalf("status %d", w.status)
+		}
+	}
+}
+
+// BenchmarkCredentialsPathParallel is the token-validated credential GET in
+// the handler alone on every core, to show that concurrent requests share
+// no lock and do not allocate.
+func BenchmarkCredentialsPathParallel(b *testing.B) {
+	e := newEnv(b, baseConfig())
+	e.srv.obs = NopObserver{}
+	tok := e.token(b, "21600")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		r := httptest.NewRequest("GET", "http://169.254.169.254/latest/meta-data/iam/security-credentials/test-role", nil)
+		r.RemoteAddr = "127.0.0.1:40000"
+		r.Header.Set("X-aws-ec2-metadata-token", tok)
+		w := &benchWriter{h: http.Header{}}
+		for pb.Next() {
+			clear(w.h)
+			e.srv.ServeHTTP(w, r)
+			if w.status != 200 {
+				b.Errorf("status %d", w.status)
+				return
+			}
+		}
+	})
+}
