@@ -239,10 +239,7 @@ func TestLifecycleOrder(t *testing.T) {
 	cancel, _, done := start(t, w, w.deps(dir), path)
 
 	// The status socket answers while running.
-	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustStatus(t, dir)
 	if st.RoleARN != "arn:aws:iam::123456789012:role/app" || st.CredentialsExpire != "2030-01-01T00:00:00Z" || !st.ManageNetwork {
 		t.Errorf("status = %+v", st)
 	}
@@ -397,9 +394,7 @@ func TestReload(t *testing.T) {
 	writeConfig(t, path, "other", "")
 	before = len(w.Events())
 	w.reloadAndWait(reload)
-	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
-		t.Fatal(err)
-	}
+	mustStatus(t, dir)
 	if got := get(t, url); got != "other" {
 		t.Errorf("after reload: %q, want other", got)
 	}
@@ -414,10 +409,7 @@ func TestReload(t *testing.T) {
 	}
 	before = len(w.Events())
 	w.reloadAndWait(reload)
-	st, _, err = ReadStatus(context.Background(), sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st = mustStatus(t, dir)
 	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "listen:127.0.0.1:8255/hop1", "update:other", "setup:auto->127.0.0.1:8255", "notify:READY=1"}, w.Events()[before:]); d != "" {
 		t.Errorf("listener reload side effects (-want +got):\n%s", d)
 	}
@@ -438,9 +430,7 @@ func TestReload(t *testing.T) {
 	}
 	before = len(w.Events())
 	w.reloadAndWait(reload)
-	if _, _, err := ReadStatus(context.Background(), sock); err != nil {
-		t.Fatal(err)
-	}
+	mustStatus(t, dir)
 	if d := cmp.Diff([]string{"notify:RELOADING=1", "load", "update:other", "teardown:auto->127.0.0.1:8255", "notify:READY=1"}, w.Events()[before:]); d != "" {
 		t.Errorf("network-off reload side effects (-want +got):\n%s", d)
 	}
@@ -462,10 +452,7 @@ func TestReloadFetchFailureKeepsOldRole(t *testing.T) {
 	w.setFail("fetch:denied", errors.New("AccessDenied"))
 	writeConfig(t, path, "denied", "")
 	w.reloadAndWait(reload)
-	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustStatus(t, dir)
 	if !strings.Contains(st.LastReloadError, "AccessDenied") || st.RoleARN != "arn:aws:iam::123456789012:role/app" {
 		t.Errorf("status after refused role: %+v", st)
 	}
@@ -485,10 +472,7 @@ func TestStopFinishesInFlight(t *testing.T) {
 	writeConfig(t, path, "app", "")
 	w.entered, w.release = make(chan struct{}), make(chan struct{})
 	cancel, _, done := start(t, w, w.deps(dir), path)
-	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustStatus(t, dir)
 	got := make(chan string, 1)
 	go func() {
 		resp, err := http.Get("http://" + st.Listen + "/slow")
@@ -638,10 +622,7 @@ func TestReloadNetworkFailureRestores(t *testing.T) {
 	if d := cmp.Diff(want, w.Events()[before:]); d != "" {
 		t.Errorf("failed network reload side effects (-want +got):\n%s", d)
 	}
-	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustStatus(t, dir)
 	if !strings.Contains(st.LastReloadError, "no chain") || st.Reloads != 0 {
 		t.Errorf("status after failed network reload: %+v", st)
 	}
@@ -650,4 +631,14 @@ func TestReloadNetworkFailureRestores(t *testing.T) {
 	}
 	cancel()
 	wait(t, done)
+}
+
+// mustStatus reads the daemon's status from its control socket in dir.
+func mustStatus(t *testing.T, dir string) *Status {
+	t.Helper()
+	st, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
