@@ -61,6 +61,16 @@ func (w *world) reloadAndWait(reload chan Reload) {
 	}
 }
 
+// newSetup returns a fresh world and a directory holding a valid config
+// for role "app".
+func newSetup(t *testing.T) (w *world, dir, path string) {
+	t.Helper()
+	w, dir = newWorld(t), t.TempDir()
+	path = filepath.Join(dir, "c.yaml")
+	writeConfig(t, path, "app", "")
+	return w, dir, path
+}
+
 func newWorld(t *testing.T) *world {
 	return &world{t: t, fail: map[string]error{}, ready: make(chan struct{})}
 }
@@ -232,10 +242,7 @@ func wait(t *testing.T, done chan error) error {
 }
 
 func TestLifecycleOrder(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	cancel, _, done := start(t, w, w.deps(dir), path)
 
 	// The status socket answers while running.
@@ -352,10 +359,7 @@ func get(t *testing.T, url string) string {
 }
 
 func TestReload(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	deps := w.deps(dir)
 	cancel, reload, done := start(t, w, deps, path)
 	defer cancel()
@@ -443,10 +447,7 @@ func TestReload(t *testing.T) {
 // TestReloadFetchFailureKeepsOldRole: STS refusing the new role must not
 // take the old one away.
 func TestReloadFetchFailureKeepsOldRole(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	cancel, reload, done := start(t, w, w.deps(dir), path)
 	defer cancel()
 	w.setFail("fetch:denied", errors.New("AccessDenied"))
@@ -466,10 +467,7 @@ func TestReloadFetchFailureKeepsOldRole(t *testing.T) {
 // TestStopFinishesInFlight: a request in flight when the stop begins is
 // answered, then the network is torn down.
 func TestStopFinishesInFlight(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	w.entered, w.release = make(chan struct{}), make(chan struct{})
 	cancel, _, done := start(t, w, w.deps(dir), path)
 	st := mustStatus(t, dir)
@@ -516,10 +514,7 @@ func contains(list []string, s string) bool {
 // TestHealthz: 200 only while credentials are valid and both the listener
 // and the client-facing endpoint reach the handler.
 func TestHealthz(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	deps := w.deps(dir)
 	var metricsAddr string
 	deps.ListenMetrics = func(string) (net.Listener, error) {
@@ -568,10 +563,7 @@ func TestHealthz(t *testing.T) {
 // refuses (say an unreadable metadata_dir) on top of a new listener must
 // leave the redirect and the old listener as they were.
 func TestReloadRefusedByHandlerChangesNothing(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	cancel, reload, done := start(t, w, w.deps(dir), path)
 	defer cancel()
 	sock := filepath.Join(dir, "control.sock")
@@ -605,10 +597,7 @@ func TestReloadRefusedByHandlerChangesNothing(t *testing.T) {
 // TestReloadNetworkFailureRestores: when the new redirect cannot be set
 // up, the previous plan and the previous handler configuration come back.
 func TestReloadNetworkFailureRestores(t *testing.T) {
-	w := newWorld(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "c.yaml")
-	writeConfig(t, path, "app", "")
+	w, dir, path := newSetup(t)
 	cancel, reload, done := start(t, w, w.deps(dir), path)
 	defer cancel()
 	w.setFail("setup:auto->127.0.0.1:8255", errors.New("iptables: no chain"))
