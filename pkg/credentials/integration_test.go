@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/imds-shim/imds-shim/pkg/internal/moto"
+	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 var (
@@ -128,13 +129,13 @@ func (p *recordingProxy) seen() []seen {
 	return append([]seen(nil), p.got...)
 }
 
-func newRealRefresher(t *testing.T, cfg Config) (*Refresher, *syncBuffer, error) {
+func newRealRefresher(t *testing.T, cfg Config) (*Refresher, *syncbuf.Buffer, error) {
 	t.Helper()
 	client, err := NewSTSClient(t.Context(), cfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	r, err := New(cfg, client, Options{Logger: slog.New(slog.NewTextHandler(logs, nil)), FetchAttempts: 1})
 	if err != nil {
 		t.Fatal(err)

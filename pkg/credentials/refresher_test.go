@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 const testRole = "arn:aws:iam::123456789012:role/imds/test-role"
@@ -25,7 +27,7 @@ type harness struct {
 	clock *fakeClock
 	sts   *fakeSTS
 	obs   *recObserver
-	logs  *syncBuffer
+	logs  *syncbuf.Buffer
 	r     *Refresher
 }
 
@@ -37,7 +39,7 @@ func newHarness(t *testing.T, cfg Config, src rand.Source) *harness {
 	if cfg.SessionName == "" {
 		cfg.SessionName = "host-a"
 	}
-	h := &harness{clock: newFakeClock(), obs: &recObserver{}, logs: &syncBuffer{}}
+	h := &harness{clock: newFakeClock(), obs: &recObserver{}, logs: &syncbuf.Buffer{}}
 	h.sts = &fakeSTS{clock: h.clock}
 	if src == nil {
 		src = rand.NewPCG(1, 2)

@@ -6,7 +6,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/imds-shim/imds-shim/pkg/internal/moto"
 	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
+	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }
@@ -158,33 +158,14 @@ func (e *env) writeConfig(role, extra string) string {
 
 type daemonProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *syncbuf.Buffer
 	done   chan error
-}
-
-// syncBuffer is the daemon's stderr, written by exec's copier while the
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func (e *env) serve(cfg string) *daemonProc {
 	cmd := exec.Command(binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run"))
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(e.dir, "notify.sock"))
-	d := &daemonProc{cmd: cmd, stderr: new(syncBuffer), done: make(chan error, 1)}
+	d := &daemonProc{cmd: cmd, stderr: new(syncbuf.Buffer), done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

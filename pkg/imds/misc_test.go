@@ -1,7 +1,6 @@
 package imds
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,7 +13,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/imds-shim/imds-shim/pkg/credentials"
+	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 // A client that reached the server by one of the host's own addresses may
@@ -69,29 +70,11 @@ func TestClasses(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects log output from concurrent handlers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // The reason credentials are missing goes to the log (rate-limited) and
 // the observer, never to the client; no secret or token reaches the log,
 // even at debug level.
 func TestLogging(t *testing.T) {
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	clock := &fakeClock{now: t0}
 	src := &fakeSource{creds: testCreds(1)}
 	cfg := baseConfig()
