@@ -68,6 +68,84 @@ func TestTokenIssueVerify(t *testing.T) {
 	}
 }
 
+// Verified tokens are remembered per key: a second verify of the same
+// token answers the same expiry from the cache, tokens sharing a slot
+// replace each other and still verify, and a remembered token never lets a
+// different one through.
+func TestTokenVerifyRemembers(t *testing.T) {
+	k, _ := newTokenKey(testKey)
+	var toks []string
+	var exps []int64
+	for i := range 5 * seenSlots {
+		exp := t0.Add(time.Duration(i+1) * time.Second)
+		tok, err := k.issue(exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks, exps = append(toks, tok), append(exps, exp.UnixNano())
+	}
+	for pass := range 3 {
+		for i, tok := range toks {
+			if got, ok := k.verify(tok); !ok || got != exps[i] {
+				t.Fatalf("pass %d, token %d: verify = %d, %v; want %d, true", pass, i, got, ok, exps[i])
+			}
+		}
+	}
+	remembered := 0
+	for i := range k.seen {
+		if s := k.seen[i].Load(); s != nil {
+			remembered++
+			if s.tok[tokenLen-1]%seenSlots != byte(i) {
+				t.Errorf("slot %d holds a token of slot %d", i, s.tok[tokenLen-1]%seenSlots)
+			}
+		}
+	}
+	if remembered == 0 || remembered > seenSlots {
+		t.Errorf("%d tokens remembered, want 1..%d", remembered, seenSlots)
+	}
+	// Another key's token in the same slot as a remembered one is still
+	// checked in full, and so is a remembered token with one byte changed.
+	other, _ := newTokenKey([]byte("ANOTHER-KEY-ANOTHER-KEY-ANOTHER-"))
+	for range 50 {
+		forged, _ := other.issue(t0.Add(time.Hour))
+		if _, ok := k.verify(forged); ok {
+			t.Fatal("another key's token verifies")
+		}
+	}
+	last := toks[len(toks)-1]
+	k.verify(last)
+	changed := []byte(last)
+	changed[0] ^= 'A' ^ 'B'
+	if _, ok := k.verify(string(changed)); ok {
+		t.Error("a remembered token with its first byte changed verifies")
+	}
+	// Concurrent verifies of tokens that share slots (run with -race).
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				j := (i*7 + g) % len(toks)
+				if got, ok := k.verify(toks[j]); !ok || got != exps[j] {
+					t.Errorf("concurrent verify of token %d = %d, %v", j, got, ok)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestEqualConstantTime(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		want bool
+	}{{"", "", true}, {"abc", "abc", true}, {"abc", "abd", false}, {"abc", "bbc", false}, {"abc", "ab", false}} {
+		if got := equalConstantTime(c.a, c.b); got != c.want {
+			t.Errorf("equalConstantTime(%q, %q) = %v", c.a, c.b, got)
+		}
+	}
+}
+
 func TestParseTokenTTL(t *testing.T) {
 	for in, want := range map[string]int{
 		"1": 1, "21600": 21600, "300": 300, "0000060": 60,
