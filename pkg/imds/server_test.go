@@ -233,9 +233,6 @@ func TestTokenLifecycle(t *testing.T) {
 	if len(tok) != tokenLen || strings.ContainsAny(tok, "\r\n =") {
 		t.Fatalf("token %q: want %d header-safe characters", tok, tokenLen)
 	}
-	if got := w.Header().Get("Content-Length"); got != "64" {
-		t.Errorf("Content-Length = %q, want 64", got)
-	}
 	if tok2 := e.token(t, "10"); tok2 == tok {
 		t.Errorf("two tokens are identical: %q", tok)
 	}
