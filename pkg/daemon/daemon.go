@@ -303,20 +303,30 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// newAPIServer bounds what a client can hold: the header phase and idle
-// keep-alive connections. It sets no ReadTimeout or WriteTimeout on purpose:
-// IMDS requests carry no body the handler reads and every response fits in
-// the socket buffer, so those two would only add a deadline reset to every
-// request — measured at 1.4–2.3 µs, a third of the gap to a bare net/http
-// server (test/bench/RESULTS.md).
+// Limits on the metadata server's connections, enforced by a connReaper
+// to within reaperTick.
+const (
+	headerTimeout = 5 * time.Second  // accepted until the first request header is complete
+	idleTimeout   = 90 * time.Second // keep-alive between requests
+	activeTimeout = 30 * time.Second // handling and answering one request
+	reaperTick    = time.Second
+)
+
+// newAPIServer bounds what a client can hold: the first header, idle
+// keep-alive connections and a response the client does not read. A
+// connReaper enforces those limits instead of http.Server's
+// ReadHeaderTimeout, IdleTimeout and WriteTimeout, which would re-arm
+// timers on the connection on every request (measured in test/bench at
+// about 5 % of a credential GET's CPU). It runs until ctx is done.
 func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *http.Server {
+	reaper := newConnReaper(d.log.With("component", "http"), headerTimeout, idleTimeout, activeTimeout, reaperTick)
+	go reaper.Run(ctx)
 	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-		ErrorLog:          slog.NewLogLogger(d.log.With("component", "http").Handler(), slog.LevelDebug),
+		Handler:        h,
+		ConnState:      reaper.ConnState,
+		MaxHeaderBytes: 16 << 10,
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:       slog.NewLogLogger(d.log.With("component", "http").Handler(), slog.LevelDebug),
 	}
 }
 
