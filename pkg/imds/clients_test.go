@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	awsimds "github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
+	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // Real AWS clients, unmodified, fetch credentials (and region where the
@@ -53,7 +53,8 @@ func startClientServer(t *testing.T, mode TokenMode, n int) *clientServer {
 	if err != nil {
 		t.Fatalf("Listen: %v", err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+	// The server the daemon runs the handler in (pkg/daemon newAPIServer).
+	hs := &httpserver.Server{Handler: srv}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	t.Cleanup(func() {
