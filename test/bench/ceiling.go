@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"time"
+	"runtime/debug"
 )
 
 // ceilingMain serves a fixed body of -size bytes for every request: the
@@ -16,9 +16,12 @@ func ceilingMain(args []string) error {
 	fs := flag.NewFlagSet("ceiling", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	size := fs.Int("size", 1200, "body size in bytes (the credential document's)")
-	timeouts := fs.Bool("timeouts", false, "set the daemon's http.Server timeouts (pkg/daemon newAPIServer)")
+	gogc := fs.Int("gogc", 0, "GC target percent, as imds-shim serve sets its own (0: Go's default or GOGC)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *gogc > 0 {
+		debug.SetGCPercent(*gogc)
 	}
 	body := bytes.Repeat([]byte("x"), *size)
 	ln, err := net.Listen("tcp", *addr)
@@ -29,13 +32,6 @@ func ceilingMain(args []string) error {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write(body)
 	})}
-	if *timeouts {
-		// As pkg/daemon configures the API server: every request then arms
-		// read and write deadlines on its connection.
-		srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout =
-			5*time.Second, 10*time.Second, 10*time.Second, 90*time.Second
-		srv.MaxHeaderBytes = 16 << 10
-	}
 	return srv.Serve(ln)
 }
 

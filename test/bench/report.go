@@ -49,64 +49,69 @@ func (r *results) markdown() string {
 		p("wrk and the checker ran on CPU %s, every server on CPU %s (taskset; Go then runs the servers with GOMAXPROCS=1), "+
 			"so that client and server do not trade places on the CPUs from round to round. ", r.opts.cpus, r.serverCPUs)
 	}
-	p("wrk, %d thread, %d keep-alive connections, %v per run, %d alternating rounds over all targets "+
-		"(the starting target moves each round); medians over rounds. The ceiling is a minimal Go net/http server "+
-		"answering every request with a fixed %d-byte body, the size of the daemon's credential document. "+
-		"The credential GETs reuse one IMDSv2 token, as SDKs do. The daemon is the real `imds-shim serve` with "+
-		"STS credentials from moto, metrics on.\n\n",
-		r.opts.threads, r.opts.conns, r.opts.duration, r.rounds, r.docBytes)
-	p("| target | req/s | × ceiling | per-round × ceiling | p50 | p99 | p99 × ceiling | server CPU/req | CPU × ceiling | errors | target |\n")
+	p("wrk, %d thread, %d keep-alive connections, %v per run. Each of %d rounds runs every target once, each run "+
+		"paired with a ceiling run right before or after it (the order alternates), so that both sides of a pair see "+
+		"the same load from the rest of the machine. A target's ratios are medians of its per-pair ratios; "+
+		"its req/s, p50 and p99 are medians over its runs; the ceiling's are over all %d of its runs. "+
+		"The ceiling is a minimal Go net/http server, at Go's default settings, answering every request with a fixed %d-byte body, the size of the "+
+		"daemon's credential document. The credential GETs reuse one IMDSv2 token, as SDKs do. The daemon is the real "+
+		"`imds-shim serve` with STS credentials from moto, metrics on.\n\n",
+		r.opts.threads, r.opts.conns, r.opts.duration, r.rounds, len(r.byTarget[targetCeiling]), r.docBytes)
+	p("| target | req/s | × ceiling | per-pair × ceiling | p50 | p99 | p99 × ceiling | server CPU/req | CPU × ceiling | errors | target |\n")
 	p("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
-	ceil := r.summary(r.targets[0])
 	for _, name := range r.targets {
 		s := r.summary(name)
-		ratio, p99r := s.rps/ceil.rps, float64(s.p99)/float64(ceil.p99)
-		var per []string
-		for k, w := range r.byTarget[name] {
-			per = append(per, fmt.Sprintf("%.2f", w.rps()/r.byTarget[r.targets[0]][k].rps()))
+		per := make([]string, len(s.perPair))
+		for k, v := range s.perPair {
+			per[k] = fmt.Sprintf("%.2f", v)
 		}
 		goal := "—"
 		switch name {
 		case targetCred:
-			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×: %s", wantCredRatio, wantP99Ratio, verdict(ratio >= wantCredRatio && p99r <= wantP99Ratio))
+			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×: %s", wantCredRatio, wantP99Ratio, verdict(s.rpsRatio >= wantCredRatio && s.p99Ratio <= wantP99Ratio))
 		case targetRedirect:
-			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×: %s", wantRedirectRatio, wantP99Ratio, verdict(ratio >= wantRedirectRatio && p99r <= wantP99Ratio))
+			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×: %s", wantRedirectRatio, wantP99Ratio, verdict(s.rpsRatio >= wantRedirectRatio && s.p99Ratio <= wantP99Ratio))
 		}
-		p("| %s | %.0f | %.2f | %s | %s | %s | %.2f | %.1f µs | %.2f | %d | %s |\n", name, s.rps, ratio, strings.Join(per, ", "),
-			us(s.p50), us(s.p99), p99r, float64(s.cpu.Nanoseconds())/1000, float64(s.cpu)/float64(ceil.cpu), s.errs, goal)
+		p("| %s | %.0f | %.2f | %s | %s | %s | %.2f | %.1f µs | %.2f | %d | %s |\n", name, s.rps, s.rpsRatio, strings.Join(per, ", "),
+			us(s.p50), us(s.p99), s.p99Ratio, float64(s.cpu.Nanoseconds())/1000, s.cpuRatio, s.errs, goal)
 	}
 	p("\nServer CPU/req is the server process's user+system CPU time during its runs divided by the requests " +
 		"answered (from /proc/PID/stat): what one request costs, which load from other processes on the machine " +
-		"does not change the way it changes req/s and latency.\n")
-	if timed, bare, cred := r.summary(targetTimed), r.summary(targetBare), r.summary(targetCred); ceil.cpu > 0 && cred.cpu > 0 {
-		d := func(s targetSummary) float64 { return float64((s.cpu - ceil.cpu).Nanoseconds()) / 1000 }
-		p("\nWhere the credential GET's extra CPU per request over the ceiling (%+.1f µs) goes, from the diagnostic rows: "+
-			"the daemon's http.Server timeouts (read and write deadlines re-armed on every request) %+.1f µs, the imds.Server "+
-			"handler (token MAC check, source and host checks, five response headers) %+.1f µs, and the rest of the daemon "+
-			"process (metrics observer, hop-limit listener, its other goroutines and larger heap) %+.1f µs.\n",
-			d(cred), d(timed), d(bare), d(cred)-d(timed)-d(bare))
+		"does not change the way it changes req/s and latency. CPU × ceiling compares it with the paired ceiling runs'.\n")
+	if gc, std, bare, cred := r.summary(targetGC), r.summary(targetNetHTTP), r.summary(targetBare), r.summary(targetCred); cred.cpu > 0 {
+		d := func(s targetSummary) float64 { return float64((s.cpu - s.ceilCPU).Nanoseconds()) / 1000 }
+		p("\nWhere the credential GET's CPU per request differs from the ceiling's (%+.1f µs), from the diagnostic rows: "+
+			"the daemon's handler, imds.Server (token check, source and host checks, EC2's response headers), in pkg/httpserver, "+
+			"the server the daemon runs it in, %+.1f µs, where in net/http.Server it costs %+.1f µs (a goroutine per request watching "+
+			"the connection, a deadline armed and cleared around each request, the response headers copied and sorted); "+
+			"the daemon's GC target (GOGC=%d, which `imds-shim serve` sets unless GOGC is set; the ceiling runs at Go's default, 100) "+
+			"makes the ceiling itself %+.1f µs; the rest of the daemon process (metrics observer, connection reaper, its other goroutines "+
+			"and larger heap) %+.1f µs.\n",
+			d(cred), d(bare), d(std), r.gogc, d(gc), d(cred)-d(bare))
 	}
 	if lo, hi := r.ceilingSpread(); lo > 0 && hi/lo > 1.15 {
-		p("\n**Noisy run:** the ceiling's own req/s varied from %.0f to %.0f across rounds, so other work competed for "+
-			"the CPUs; the ratios and the split above are uncertain by about as much. Re-run on an idle machine.\n", lo, hi)
+		p("\n**Noisy run:** the ceiling's own req/s varied from %.0f to %.0f across its runs, so other work competed for "+
+			"the CPUs. Pairing cancels load that changes slowly, not load that comes and goes within a run: the ratios "+
+			"are uncertain by about the spread of the per-pair column. Re-run on an idle machine.\n", lo, hi)
 	}
-	p("\nPer round (req/s · p50 · p99):\n\n")
+	p("\nPer round, target req/s · p99, then its paired ceiling run's:\n\n")
 	p("| target |")
 	for i := range r.rounds {
 		p(" round %d |", i+1)
 	}
 	p("\n|---|%s\n", strings.Repeat("---:|", r.rounds))
-	for _, name := range r.targets {
+	for _, name := range r.targets[1:] {
 		p("| %s |", name)
-		for _, w := range r.byTarget[name] {
-			p(" %.0f · %s · %s |", w.rps(), us(w.P50US), us(w.P99US))
+		for k, w := range r.byTarget[name] {
+			c := r.paired[name][k]
+			p(" %.0f · %s (ceiling %.0f · %s) |", w.rps(), us(w.P99US), c.rps(), us(c.P99US))
 		}
 		p("\n")
 	}
 
 	rot := r.rotation
 	p("\n## Credential rotation under load\n\n")
-	p("`bench rotating` embeds imds.Server (the daemon's handler) with a source that replaces the credential set "+
+	p("`bench rotating` serves imds.Server (the daemon's handler) in pkg/httpserver, as the daemon does, with a source that replaces the credential set "+
 		"every %v (each set expires 3 s after issue); `bench check`, in its own process with 8 connections, parses every "+
 		"document and checks Code, Type, key, secret and token non-empty, Expiration after the time of receipt; "+
 		"every 1000th request is a token PUT.\n\n", r.rotEvery)
@@ -174,14 +179,14 @@ func (r *results) markdown() string {
 	}
 	p("\n## Reproduce\n\n")
 	p("```sh\nsudo make bench        # builds bin/imds-shim, runs test/bench/bench.sh (about 3 minutes on 2 CPUs)\n" +
-		"sudo make bench BENCH_FLAGS='-rounds 5 -duration 10s'   # longer runs\n" +
+		"sudo make bench BENCH_FLAGS='-rounds 9 -duration 5s'   # longer runs\n" +
 		"sudo make bench BENCH_NICE=-10   # on a shared machine: favour the benchmark over other work\n```\n\n")
 	p("Needs root (a private network namespace for the 169.254.169.254 redirect), wrk, iptables and python3 with moto. " +
 		"Nothing touches the host's network.\n")
 	return b.String()
 }
 
-// ceilingSpread is the lowest and highest req/s of the ceiling's rounds.
+// ceilingSpread is the lowest and highest req/s of the ceiling's runs.
 func (r *results) ceilingSpread() (lo, hi float64) {
 	for i, w := range r.byTarget[targetCeiling] {
 		if v := w.rps(); i == 0 || v < lo {
@@ -196,7 +201,11 @@ type targetSummary struct {
 	rps      float64
 	p50, p99 int64
 	errs     int64
-	cpu      time.Duration // per request, over all rounds
+	cpu      time.Duration // per request, over all runs
+	// Against the paired ceiling runs (the ceiling's own row: 1).
+	rpsRatio, p99Ratio, cpuRatio float64
+	perPair                      []float64     // req/s ratio of each pair
+	ceilCPU                      time.Duration // the paired ceiling runs' CPU per request
 }
 
 func (r *results) summary(name string) targetSummary {
@@ -216,6 +225,26 @@ func (r *results) summary(name string) targetSummary {
 	s.rps, s.p50, s.p99 = median(rps), median(p50), median(p99)
 	if reqs > 0 {
 		s.cpu = cpu / time.Duration(reqs)
+	}
+	pairs := r.paired[name]
+	if name == targetCeiling || len(pairs) == 0 {
+		s.rpsRatio, s.p99Ratio, s.cpuRatio, s.ceilCPU = 1, 1, 1, s.cpu
+		return s
+	}
+	var p99r []float64
+	var ccpu time.Duration
+	var creqs int64
+	for k, c := range pairs {
+		w := r.byTarget[name][k]
+		s.perPair = append(s.perPair, w.rps()/c.rps())
+		p99r = append(p99r, float64(w.P99US)/float64(c.P99US))
+		ccpu += c.cpu
+		creqs += c.Requests
+	}
+	s.rpsRatio, s.p99Ratio = median(s.perPair), median(p99r)
+	if creqs > 0 {
+		s.ceilCPU = ccpu / time.Duration(creqs)
+		s.cpuRatio = float64(s.cpu) / float64(s.ceilCPU)
 	}
 	return s
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/credentials"
+	"github.com/imds-shim/imds-shim/pkg/httpserver"
 	"github.com/imds-shim/imds-shim/pkg/imds"
 )
 
@@ -45,7 +46,8 @@ func (s *rotatingSource) rotate(life time.Duration) {
 	s.cur.Store(&c)
 }
 
-// rotatingMain serves imds.Server, the same handler the daemon runs, with
+// rotatingMain serves imds.Server, the same handler the daemon runs, in
+// the daemon's pkg/httpserver (or, for comparison, net/http.Server), with
 // credentials that rotate every -every and expire -life after issue, so a
 // client that ever sees an expired or empty document proves a race in the
 // hand-over from one set to the next.
@@ -54,6 +56,7 @@ func rotatingMain(args []string) error {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	every := fs.Duration("every", time.Second, "rotation period")
 	life := fs.Duration("life", 3*time.Second, "lifetime of each set")
+	server := fs.String("server", "httpserver", "httpserver (as the daemon serves it) or net/http")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -75,5 +78,11 @@ func rotatingMain(args []string) error {
 		return err
 	}
 	announce(ln)
-	return http.Serve(ln, srv)
+	switch *server {
+	case "httpserver":
+		return (&httpserver.Server{Handler: srv}).Serve(ln)
+	case "net/http":
+		return (&http.Server{Handler: srv}).Serve(ln)
+	}
+	return fmt.Errorf("-server %q: want httpserver or net/http", *server)
 }

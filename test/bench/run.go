@@ -26,8 +26,9 @@ const (
 	targetCred     = "imds-shim credentials GET"
 	targetPut      = "imds-shim token PUT"
 	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
-	targetTimed    = "diagnostic: ceiling + the daemon's http.Server timeouts"
-	targetBare     = "diagnostic: imds.Server handler in a bare net/http server"
+	targetNetHTTP  = "diagnostic: imds.Server handler in net/http.Server"
+	targetBare     = "diagnostic: imds.Server handler in pkg/httpserver, without the daemon"
+	targetGC       = "diagnostic: ceiling at the daemon's GC target"
 )
 
 // target is one server under load in the throughput rounds.
@@ -45,6 +46,7 @@ type results struct {
 	rounds     int
 	targets    []string
 	byTarget   map[string][]wrkResult
+	paired     map[string][]wrkResult // for each target, the ceiling run next to each of its runs
 	docBytes   int
 	rotation   checkResult
 	rotEvery   time.Duration
@@ -57,6 +59,7 @@ type results struct {
 	serverCPUs string // where the servers ran, if pinned
 	loadedStop time.Duration
 	micro      []microResult
+	gogc       int // the daemon's GC target, from its /metrics
 	microProf  string
 	problems   []string
 }
@@ -76,8 +79,8 @@ func runMain(args []string) error {
 	imdsDir := fs.String("imds-dir", "pkg/imds", "pkg/imds source folder (the test binary's working directory)")
 	lua := fs.String("lua", "test/bench/imds.lua", "wrk script")
 	out := fs.String("out", "test/bench/RESULTS.md", "where to write the results")
-	rounds := fs.Int("rounds", 3, "alternating rounds over all targets")
-	dur := fs.Duration("duration", 5*time.Second, "length of each wrk run")
+	rounds := fs.Int("rounds", 5, "rounds over all targets, each target run paired with a ceiling run")
+	dur := fs.Duration("duration", 2*time.Second, "length of each wrk run")
 	conns := fs.Int("c", 32, "wrk connections")
 	threads := fs.Int("t", 1, "wrk threads")
 	cycles := fs.Int("cycles", 5, "start/stop cycles for the lifecycle figures")
@@ -112,7 +115,7 @@ func runMain(args []string) error {
 	defer ps.stopAll()
 
 	r := &results{machine: describeMachine(*bin), opts: wrkOpts{lua: *lua, threads: *threads, conns: *conns, duration: *dur},
-		rounds: *rounds, byTarget: map[string][]wrkResult{}, rotEvery: time.Second}
+		rounds: *rounds, byTarget: map[string][]wrkResult{}, paired: map[string][]wrkResult{}, rotEvery: time.Second}
 	var clientCPUs, serverCPUs string
 	if *pin {
 		clientCPUs, serverCPUs = "0", fmt.Sprint(runtime.NumCPU()-1)
@@ -198,14 +201,28 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	// Two diagnostic servers split the daemon's cost from the ceiling's:
-	// the same fixed body with the daemon's http.Server timeouts, and the
-	// imds.Server handler alone in a bare net/http server.
-	timedProc, timedAddr, err := ps.startAnnounced(self, "ceiling+timeouts", "ceiling", "-size", fmt.Sprint(len(doc)), "-timeouts")
+	// Diagnostic servers split the daemon's cost from the ceiling's: the
+	// ceiling at the daemon's GC target (the daemon sets its own GOGC, the
+	// ceiling runs at Go's default), and imds.Server, the daemon's
+	// handler, alone in pkg/httpserver (the daemon's server) and in
+	// net/http.Server.
+	r.gogc, err = gcPercent(metrics)
+	if err != nil {
+		return err
+	}
+	gcProc, gcAddr, err := ps.startAnnounced(self, "ceiling+gogc", "ceiling", "-size", fmt.Sprint(len(doc)), "-gogc", fmt.Sprint(r.gogc))
 	if err != nil {
 		return err
 	}
 	bareProc, bareAddr, err := ps.startAnnounced(self, "imds.Server", "rotating", "-every", "1h", "-life", "2h")
+	if err != nil {
+		return err
+	}
+	stdProc, stdAddr, err := ps.startAnnounced(self, "imds.Server in net/http", "rotating", "-every", "1h", "-life", "2h", "-server", "net/http")
+	if err != nil {
+		return err
+	}
+	stdToken, _, err := fetchDoc(stdAddr)
 	if err != nil {
 		return err
 	}
@@ -217,8 +234,9 @@ func runMain(args []string) error {
 	tok := "IMDS_TOKEN=" + token
 	targets := []target{
 		{name: targetCeiling, url: "http://" + ceilAddr + credPath, env: []string{tok}, pid: ceilProc.cmd.Process.Pid},
-		{name: targetTimed, url: "http://" + timedAddr + credPath,
-			env: []string{tok}, pid: timedProc.cmd.Process.Pid},
+		{name: targetGC, url: "http://" + gcAddr + credPath, env: []string{tok}, pid: gcProc.cmd.Process.Pid},
+		{name: targetNetHTTP, url: "http://" + stdAddr + credPath,
+			env: []string{"IMDS_TOKEN=" + stdToken}, pid: stdProc.cmd.Process.Pid},
 		{name: targetBare, url: "http://" + bareAddr + credPath,
 			env: []string{"IMDS_TOKEN=" + bareToken}, pid: bareProc.cmd.Process.Pid},
 		{name: targetCred, url: "http://" + direct + credPath, env: []string{tok}, pid: pid},
@@ -228,17 +246,37 @@ func runMain(args []string) error {
 	for _, t := range targets {
 		r.targets = append(r.targets, t.name)
 	}
+	// Every run of a target is paired with a ceiling run right before or
+	// after it (the order alternates), and its ratios are taken to that
+	// ceiling run: other work on a shared machine drifts over seconds to
+	// minutes, and a pair a few seconds long sees the same drift on both
+	// sides, where one ceiling figure for the whole run would not.
+	ceil, others := targets[0], targets[1:]
 	for round := range *rounds {
-		for i := range targets {
-			t := targets[(i+round)%len(targets)]
-			step("round %d/%d: %s", round+1, *rounds, t.name)
-			cpu0 := cpuTime(t.pid)
-			w, err := runWrk(r.opts, t.url, t.env...)
-			if err != nil {
-				return err
+		for i := range others {
+			t := others[(i+round)%len(others)]
+			pair := [2]target{ceil, t}
+			if (round+i)%2 == 1 {
+				pair = [2]target{t, ceil}
 			}
-			w.cpu = cpuTime(t.pid) - cpu0
-			r.byTarget[t.name] = append(r.byTarget[t.name], w)
+			var got [2]wrkResult
+			for j, x := range pair {
+				step("round %d/%d: %s", round+1, *rounds, x.name)
+				cpu0 := cpuTime(x.pid)
+				w, err := runWrk(r.opts, x.url, x.env...)
+				if err != nil {
+					return err
+				}
+				w.cpu = cpuTime(x.pid) - cpu0
+				got[j] = w
+			}
+			tw, cw := got[1], got[0]
+			if pair[0].name != ceil.name {
+				tw, cw = got[0], got[1]
+			}
+			r.byTarget[t.name] = append(r.byTarget[t.name], tw)
+			r.paired[t.name] = append(r.paired[t.name], cw)
+			r.byTarget[ceil.name] = append(r.byTarget[ceil.name], cw)
 		}
 	}
 	r.footprint = append(r.footprint, rssPoint{label: "after the throughput rounds", rssKB: vmKB(pid, "VmRSS"), hwmKB: vmKB(pid, "VmHWM")})
@@ -335,6 +373,31 @@ func fetchDoc(addr string) (string, []byte, error) {
 		return "", nil, fmt.Errorf("fetching credentials: status %d", resp.StatusCode)
 	}
 	return string(tok), doc, nil
+}
+
+// gcPercent reads the daemon's GC target from go_gc_gogc_percent on its
+// metrics listener.
+func gcPercent(port int) (int, error) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		return 0, fmt.Errorf("reading the daemon's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("reading the daemon's metrics: %w", err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
+			var pct int
+			if _, err := fmt.Sscan(v, &pct); err != nil {
+				return 0, fmt.Errorf("go_gc_gogc_percent %q: %w", v, err)
+			}
+			return pct, nil
+		}
+	}
+	return 0, errors.New("the daemon's /metrics has no go_gc_gogc_percent")
 }
 
 // machine describes where the numbers were measured.
