@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/imds-shim/imds-shim/pkg/config"
@@ -132,9 +131,6 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	logs := newLogging(stderr, *cfgPath)
 	log := logs.logger
-	if pct, ok := serveGCPercent(os.Getenv); ok {
-		debug.SetGCPercent(pct)
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -165,23 +161,6 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return daemon.ExitFailure
 	}
 	return 0
-}
-
-// defaultGCPercent is serve's garbage collection target. The daemon's live
-// heap is about 2 MiB, so Go's default (100, with its 4 MiB floor)
-// collects every 2–3 MiB allocated, which under load is every few thousand
-// requests: 3–4 % of the CPU and the slowest responses. 200 halves that for
-// about 4 MiB more resident memory (make bench, test/bench/RESULTS.md).
-const defaultGCPercent = 200
-
-// serveGCPercent returns the GC target serve sets: defaultGCPercent,
-// unless the operator chose one with GOGC (e.g. in a unit drop-in), which
-// then stands as the Go runtime read it.
-func serveGCPercent(getenv func(string) string) (int, bool) {
-	if getenv("GOGC") != "" {
-		return 0, false
-	}
-	return defaultGCPercent, true
 }
 
 // logging builds the logger from the config's log keys when the file can be

@@ -133,20 +133,3 @@ func TestCheckReadsMetadataDir(t *testing.T) {
 		t.Errorf("loadConfig with a missing metadata_dir: %v", err)
 	}
 }
-
-// serve sets its own GC target unless the operator set GOGC, whose value
-// the Go runtime has then already applied. The real binary's target is
-// checked on /metrics in pkg/daemon's serve test.
-func TestServeGCPercent(t *testing.T) {
-	env := map[string]string{}
-	getenv := func(k string) string { return env[k] }
-	if pct, ok := serveGCPercent(getenv); !ok || pct != defaultGCPercent {
-		t.Errorf("without GOGC: %d, %v; want %d, true", pct, ok, defaultGCPercent)
-	}
-	for _, v := range []string{"50", "off", "100"} {
-		env["GOGC"] = v
-		if pct, ok := serveGCPercent(getenv); ok {
-			t.Errorf("GOGC=%s: serve overrides it with %d", v, pct)
-		}
-	}
-}

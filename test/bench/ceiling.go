@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"runtime/debug"
 )
 
 // ceilingMain serves a fixed body of -size bytes for every request: the
@@ -16,12 +15,8 @@ func ceilingMain(args []string) error {
 	fs := flag.NewFlagSet("ceiling", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	size := fs.Int("size", 1200, "body size in bytes (the credential document's)")
-	gogc := fs.Int("gogc", 0, "GC target percent, as imds-shim serve sets its own (0: Go's default or GOGC)")
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if *gogc > 0 {
-		debug.SetGCPercent(*gogc)
 	}
 	body := bytes.Repeat([]byte("x"), *size)
 	ln, err := net.Listen("tcp", *addr)

@@ -78,16 +78,14 @@ func (r *results) markdown() string {
 	p("\nServer CPU/req is the server process's user+system CPU time during its runs divided by the requests " +
 		"answered (from /proc/PID/stat): what one request costs, which load from other processes on the machine " +
 		"does not change the way it changes req/s and latency. CPU × ceiling compares it with the paired ceiling runs'.\n")
-	if gc, std, bare, cred := r.summary(targetGC), r.summary(targetNetHTTP), r.summary(targetBare), r.summary(targetCred); cred.cpu > 0 {
+	if std, bare, cred := r.summary(targetNetHTTP), r.summary(targetBare), r.summary(targetCred); cred.cpu > 0 {
 		d := func(s targetSummary) float64 { return float64((s.cpu - s.ceilCPU).Nanoseconds()) / 1000 }
 		p("\nWhere the credential GET's CPU per request differs from the ceiling's (%+.1f µs), from the diagnostic rows: "+
 			"the daemon's handler, imds.Server (token check, source and host checks, EC2's response headers), in pkg/httpserver, "+
 			"the server the daemon runs it in, %+.1f µs, where in net/http.Server it costs %+.1f µs (a goroutine per request watching "+
 			"the connection, a deadline armed and cleared around each request, the response headers copied and sorted); "+
-			"the daemon's GC target (GOGC=%d, which `imds-shim serve` sets unless GOGC is set; the ceiling runs at Go's default, 100) "+
-			"makes the ceiling itself %+.1f µs; the rest of the daemon process (metrics observer, connection reaper, its other goroutines "+
-			"and larger heap) %+.1f µs.\n",
-			d(cred), d(bare), d(std), r.gogc, d(gc), d(cred)-d(bare))
+			"the rest of the daemon process (metrics observer, connection reaper, its other goroutines and larger heap) %+.1f µs.\n",
+			d(cred), d(bare), d(std), d(cred)-d(bare))
 	}
 	if lo, hi := r.ceilingSpread(); lo > 0 && hi/lo > 1.15 {
 		p("\n**Noisy run:** the ceiling's own req/s varied from %.0f to %.0f across its runs, so other work competed for "+

@@ -28,7 +28,6 @@ const (
 	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
 	targetNetHTTP  = "diagnostic: imds.Server handler in net/http.Server"
 	targetBare     = "diagnostic: imds.Server handler in pkg/httpserver, without the daemon"
-	targetGC       = "diagnostic: ceiling at the daemon's GC target"
 )
 
 // target is one server under load in the throughput rounds.
@@ -59,7 +58,6 @@ type results struct {
 	serverCPUs string // where the servers ran, if pinned
 	loadedStop time.Duration
 	micro      []microResult
-	gogc       int // the daemon's GC target, from its /metrics
 	microProf  string
 	problems   []string
 }
@@ -201,19 +199,9 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	// Diagnostic servers split the daemon's cost from the ceiling's: the
-	// ceiling at the daemon's GC target (the daemon sets its own GOGC, the
-	// ceiling runs at Go's default), and imds.Server, the daemon's
-	// handler, alone in pkg/httpserver (the daemon's server) and in
-	// net/http.Server.
-	r.gogc, err = gcPercent(metrics)
-	if err != nil {
-		return err
-	}
-	gcProc, gcAddr, err := ps.startAnnounced(self, "ceiling+gogc", "ceiling", "-size", fmt.Sprint(len(doc)), "-gogc", fmt.Sprint(r.gogc))
-	if err != nil {
-		return err
-	}
+	// Diagnostic servers split the daemon's cost from the ceiling's:
+	// imds.Server, the daemon's handler, alone in pkg/httpserver (the
+	// daemon's server) and in net/http.Server.
 	bareProc, bareAddr, err := ps.startAnnounced(self, "imds.Server", "rotating", "-every", "1h", "-life", "2h")
 	if err != nil {
 		return err
@@ -234,7 +222,6 @@ func runMain(args []string) error {
 	tok := "IMDS_TOKEN=" + token
 	targets := []target{
 		{name: targetCeiling, url: "http://" + ceilAddr + credPath, env: []string{tok}, pid: ceilProc.cmd.Process.Pid},
-		{name: targetGC, url: "http://" + gcAddr + credPath, env: []string{tok}, pid: gcProc.cmd.Process.Pid},
 		{name: targetNetHTTP, url: "http://" + stdAddr + credPath,
 			env: []string{"IMDS_TOKEN=" + stdToken}, pid: stdProc.cmd.Process.Pid},
 		{name: targetBare, url: "http://" + bareAddr + credPath,
@@ -373,31 +360,6 @@ func fetchDoc(addr string) (string, []byte, error) {
 		return "", nil, fmt.Errorf("fetching credentials: status %d", resp.StatusCode)
 	}
 	return string(tok), doc, nil
-}
-
-// gcPercent reads the daemon's GC target from go_gc_gogc_percent on its
-// metrics listener.
-func gcPercent(port int) (int, error) {
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
-	if err != nil {
-		return 0, fmt.Errorf("reading the daemon's metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, fmt.Errorf("reading the daemon's metrics: %w", err)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
-			var pct int
-			if _, err := fmt.Sscan(v, &pct); err != nil {
-				return 0, fmt.Errorf("go_gc_gogc_percent %q: %w", v, err)
-			}
-			return pct, nil
-		}
-	}
-	return 0, errors.New("the daemon's /metrics has no go_gc_gogc_percent")
 }
 
 // machine describes where the numbers were measured.
