@@ -17,7 +17,19 @@
 // goroutine per server that looks at every connection once a tick.
 //
 // Each response is buffered whole and sent with an exact Content-Length,
-// never chunked, as EC2 answers; handlers that stream or hijack are not
-// supported, and a request body the handler does not read is discarded
-// (up to a limit, past which the connection is closed after the response).
+// never chunked, as EC2 answers. What a handler sees differs from
+// net/http.Server in ways the metadata handler does not depend on
+// (TestConformanceWithNetHTTP holds the wire behaviour to net/http's):
+//   - no streaming, flushing, hijacking, trailers or 1xx responses; header
+//     changes after Write still apply, since nothing is sent until the
+//     handler returns;
+//   - no Content-Type sniffing: a handler sets its own;
+//   - the request context carries http.LocalAddrContextKey but is not
+//     canceled when the client goes away;
+//   - no 100 Continue: a request that expects one gets its answer and the
+//     connection closes; closing the request body never reads on, and
+//     what a handler leaves unread is discarded up to 64 KiB, past which
+//     the connection closes after the response;
+//   - an absolute-form request line names the host, and a missing Host
+//     header is then not refused (http.ReadRequest drops the header).
 package httpserver

@@ -16,6 +16,7 @@ type response struct {
 	status int
 	body   []byte
 	head   bool
+	headN  int64    // bytes a HEAD handler wrote, for its Content-Length
 	keys   []string // scratch for sorting header keys
 }
 
@@ -27,6 +28,7 @@ func (w *response) reset(head bool) {
 	}
 	w.body = w.body[:0]
 	w.head = head
+	w.headN = 0
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -46,7 +48,9 @@ func (w *response) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	if !w.head {
+	if w.head {
+		w.headN += int64(len(p))
+	} else {
 		w.body = append(w.body, p...)
 	}
 	return len(p), nil
@@ -108,8 +112,12 @@ func (w *response) writeTo(bw *bufio.Writer, req *http.Request, keepAlive bool, 
 		n := int64(len(w.body))
 		ok := true
 		if w.head {
-			// The handler's Content-Length is the GET's body size.
+			// The handler's Content-Length is the GET's body size; without
+			// one, what it wrote is, as net/http counts it.
 			n, ok = declaredLength(w.header)
+			if !ok && w.headN > 0 {
+				n, ok = w.headN, true
+			}
 		}
 		if ok {
 			bw.WriteString("Content-Length: ")

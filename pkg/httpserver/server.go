@@ -56,7 +56,9 @@ type Server struct {
 	closed    atomic.Bool // Shutdown or Close called
 	started   bool        // the reaper runs
 	stop      chan struct{}
-	now       atomic.Int64 // coarse clock, Unix nanoseconds, advanced every tick
+	epoch     time.Time    // the clock's zero, read once with its monotonic reading
+	now       atomic.Int64 // coarse clock: nanoseconds since epoch, advanced every tick
+	live      atomic.Int64 // connection goroutines still running
 	date      atomic.Pointer[dateLine]
 }
 
@@ -75,7 +77,9 @@ func (s connState) String() string {
 
 type connClock struct {
 	state connState
-	since int64 // when it entered state, on the coarse clock
+	since int64 // when it entered state, on the coarse clock (monotonic, so
+	// that a step of the wall clock neither reaps every connection nor
+	// suspends the limits)
 }
 
 func (s *Server) log() *slog.Logger {
@@ -103,7 +107,8 @@ func (s *Server) start() {
 	s.listeners = map[net.Listener]struct{}{}
 	s.conns = map[*conn]connClock{}
 	s.stop = make(chan struct{})
-	s.now.Store(time.Now().UnixNano())
+	s.epoch = time.Now()
+	s.now.Store(0)
 	go s.reaper(orDefault(s.Tick, DefaultTick))
 }
 
@@ -112,6 +117,7 @@ func (s *Server) start() {
 // may run on several listeners at once.
 func (s *Server) Serve(ln net.Listener) error {
 	s.start()
+	defer ln.Close()
 	s.mu.Lock()
 	if s.closed.Load() {
 		s.mu.Unlock()
@@ -147,6 +153,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			rwc.Close()
 			return http.ErrServerClosed
 		}
+		s.live.Add(1)
 		go c.serve()
 	}
 }
@@ -158,8 +165,10 @@ func (s *Server) newConn(rwc net.Conn) *conn {
 	if base == nil {
 		base = context.Background()
 	}
-	c := &conn{s: s, rwc: rwc, remote: rwc.RemoteAddr().String(),
-		ctx: context.WithValue(base, http.LocalAddrContextKey, rwc.LocalAddr())}
+	c := &conn{s: s, rwc: rwc, ctx: context.WithValue(base, http.LocalAddrContextKey, rwc.LocalAddr())}
+	if ra := rwc.RemoteAddr(); ra != nil {
+		c.remote = ra.String()
+	}
 	c.lr.R = rwc
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -195,7 +204,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	wait := time.Millisecond
 	for {
-		if s.closeIdle() == 0 {
+		if s.closeIdle() == 0 && s.live.Load() == 0 {
 			s.stopReaper()
 			return nil
 		}
@@ -236,7 +245,7 @@ func (s *Server) closeListeners() {
 // a second, to let a request just sent arrive) and returns how many
 // connections are left.
 func (s *Server) closeIdle() int {
-	now := time.Now().UnixNano()
+	now := int64(time.Since(s.epoch))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, t := range s.conns {
@@ -275,8 +284,9 @@ func (s *Server) reaper(tick time.Duration) {
 		case <-s.stop:
 			return
 		case now := <-t.C:
-			s.now.Store(now.UnixNano())
-			s.reap(now.UnixNano())
+			d := int64(now.Sub(s.epoch))
+			s.now.Store(d)
+			s.reap(d)
 		}
 	}
 }
@@ -347,6 +357,7 @@ func (c *conn) serve() {
 		}
 		c.rwc.Close()
 		c.s.forget(c)
+		c.s.live.Add(-1)
 	}()
 	c.br = bufio.NewReaderSize(&c.lr, 4<<10)
 	c.bw = bufio.NewWriterSize(c.rwc, 4<<10)
@@ -464,14 +475,26 @@ func (c *conn) handle(req *http.Request) bool {
 	}
 	req.RemoteAddr = c.remote
 	req = req.WithContext(c.ctx)
+	// The handler gets a body whose Close does not read on: net/http's
+	// own Close would consume a body of any size.
+	body := req.Body
+	if hasBody {
+		req.Body = &handlerBody{r: body}
+	}
 	c.w.reset(req.Method == http.MethodHead)
 	c.s.Handler.ServeHTTP(&c.w, req)
 	unread := expectBody
 	if hasBody {
-		// Discard what the handler left of the body, up to a limit.
-		if n, err := io.CopyN(io.Discard, req.Body, maxDrain+1); n > maxDrain || err != io.EOF {
+		// Discard what the handler left of the body, up to a limit; a
+		// body declared larger is not read at all.
+		if req.ContentLength > maxDrain {
+			keepAlive, unread = false, true
+		} else if n, err := io.CopyN(io.Discard, body, maxDrain+1); n > maxDrain || err != io.EOF {
 			keepAlive, unread = false, true
 		}
+	}
+	if wantsClose(c.w.header) {
+		keepAlive = false
 	}
 	if c.s.closed.Load() {
 		keepAlive = false
@@ -496,12 +519,50 @@ func validFieldValue(v string) bool {
 	return true
 }
 
-// validHost rejects a Host header with bytes no host name or address has.
+// validHost accepts what net/http's server accepts in Host (the bytes of
+// RFC 3986's reg-name, IP literals and a port): letters, digits and
+// !$%&'()*+,-.:;=[]_~ — so no userinfo (@), path, query or fragment can
+// reach the handler's host check.
 func validHost(h string) bool {
 	for i := 0; i < len(h); i++ {
-		if b := h[i]; b <= ' ' || b >= 0x7f || strings.IndexByte(`"<>\^{|}`+"`", b) >= 0 {
+		b := h[i]
+		if 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' {
+			continue
+		}
+		if strings.IndexByte("!$%&'()*+,-.:;=[]_~", b) < 0 {
 			return false
 		}
 	}
 	return true
+}
+
+// wantsClose reports whether the handler set Connection: close.
+func wantsClose(h http.Header) bool {
+	for _, v := range h["Connection"] {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "close") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// handlerBody is the request body a handler sees: reading is the
+// request's, closing only stops further reads.
+type handlerBody struct {
+	r      io.Reader
+	closed bool
+}
+
+func (b *handlerBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.r.Read(p)
+}
+
+func (b *handlerBody) Close() error {
+	b.closed = true
+	return nil
 }

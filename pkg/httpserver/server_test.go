@@ -21,12 +21,16 @@ import (
 // echo answers with the method and path, a few headers the way the IMDS
 // handler sets them, and on HEAD the Content-Length a GET would have.
 var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	defer r.Body.Close() // as handlers do; it must not read a body to its end
 	body := r.Method + " " + r.URL.Path + " host=" + r.Host
 	h := w.Header()
 	h["Server"] = []string{"EC2ws"}
 	h["Content-Type"] = []string{"text/plain"}
-	if r.Method == http.MethodHead {
+	if r.Method == http.MethodHead && r.URL.Path != "/nolength" {
 		h["Content-Length"] = []string{fmt.Sprint(len(body))}
+	}
+	if r.URL.Path == "/close" {
+		h["Connection"] = []string{"close"}
 	}
 	if r.URL.Path == "/teapot" {
 		w.WriteHeader(http.StatusTeapot)
@@ -92,7 +96,7 @@ func exchange(t *testing.T, addr, raw string) string {
 		}
 		line := fmt.Sprintf("%d close=%v", resp.StatusCode, resp.Close)
 		if resp.StatusCode < 400 { // error bodies and their framing are each server's own
-			line += fmt.Sprintf(" cl=%s te=%v body=%q", resp.Header.Get("Content-Length"), resp.TransferEncoding, body)
+			line += fmt.Sprintf(" cl=%s te=%v ct=%s body=%q", resp.Header.Get("Content-Length"), resp.TransferEncoding, resp.Header.Get("Content-Type"), body)
 		}
 		out = append(out, line)
 		if resp.Close {
@@ -123,6 +127,9 @@ func TestConformanceWithNetHTTP(t *testing.T) {
 		{name: "get", raw: "GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"},
 		{name: "head", raw: "HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n"},
 		{name: "pipelined", raw: "GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"},
+		{name: "head then get", raw: "HEAD /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"},
+		{name: "head, length from what was written", raw: "HEAD /nolength HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"},
+		{name: "handler closes", raw: "GET /close HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n"},
 		{name: "connection close", raw: "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"},
 		{name: "http/1.0", raw: "GET /a HTTP/1.0\r\n\r\n"},
 		{name: "http/1.0 keep-alive", raw: "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"},
@@ -136,6 +143,14 @@ func TestConformanceWithNetHTTP(t *testing.T) {
 		{name: "no host", raw: "GET / HTTP/1.1\r\n\r\n"},
 		{name: "host with space", raw: "GET / HTTP/1.1\r\nHost: a b\r\n\r\n"},
 		{name: "two hosts", raw: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"},
+		{name: "host with userinfo", raw: "GET / HTTP/1.1\r\nHost: 169.254.169.254:80@evil.example\r\n\r\n"},
+		{name: "host with path", raw: "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"},
+		{name: "ipv6 host", raw: "GET / HTTP/1.1\r\nHost: [fd00:ec2::254]:80\r\n\r\n"},
+		{name: "two lengths", raw: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"},
+		{name: "length and chunked", raw: "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n"},
+		{name: "absolute form without host", raw: "GET http://169.254.169.254/latest HTTP/1.1\r\n\r\n",
+			differ: "200 close=false cl=32 te=[] ct=text/plain body=\"GET /latest host=169.254.169.254\"\nopen",
+			why:    "http.ReadRequest drops the Host header before the server sees it; the URL's host serves"},
 		{name: "garbage", raw: "GARBAGE\r\n\r\n"},
 		{name: "bad header name", raw: "GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n"},
 		{name: "bad version", raw: "GET / HTTP/9\r\nHost: h\r\n\r\n"},
@@ -146,6 +161,7 @@ func TestConformanceWithNetHTTP(t *testing.T) {
 			differ: "400 close=true", why: "net/http answers 501; either way the request is refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			got, want := exchange(t, ours, tc.raw), exchange(t, theirs, tc.raw)
 			if tc.differ != "" {
 				if got != tc.differ {
@@ -485,5 +501,73 @@ func (tc *testConn) get(t *testing.T, path string) {
 	t.Helper()
 	if resp := tc.send(t, path); resp == nil || resp.StatusCode != 200 {
 		t.Fatalf("GET %s: %+v", path, resp)
+	}
+}
+
+// A handler that closes a request body does not make the server read it:
+// a client that declared 50 MB and sent 1 KB still gets its answer, and
+// the connection is closed after it.
+func TestClosedBodyIsNotRead(t *testing.T) {
+	ours, _ := serveBoth(t, echo)
+	c, err := net.Dial("tcp", ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 52428800\r\n\r\n"+strings.Repeat("x", 1024))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer while the body is still declared outstanding: %v", err)
+	}
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("status %d, close %v; want 200 and Connection: close", resp.StatusCode, resp.Close)
+	}
+}
+
+// Shutdown waits for a handler still running on a connection the reaper
+// has already closed, and Serve after Shutdown closes the listener it is
+// given.
+func TestShutdownWaitsForReapedHandlers(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	s := &Server{ActiveTimeout: 50 * time.Millisecond, Tick: 10 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			<-release
+		})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	c := exchangeConn(t, ln.Addr().String())
+	if _, err := io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	for deadline := time.Now().Add(5 * time.Second); s.Tracked() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the reaper did not close the connection")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown with a handler still running = %v, want its deadline", err)
+	}
+	close(release)
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown after the handler returned = %v", err)
+	}
+	late, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(late); !errors.Is(err, http.ErrServerClosed) {
+		t.Errorf("Serve after Shutdown = %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", late.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Error("Serve after Shutdown left its listener open")
 	}
 }
