@@ -23,7 +23,7 @@ type response struct {
 func (w *response) reset(head bool) {
 	clear(w.header)
 	w.status = 0
-	if cap(w.body) > 64<<10 { // do not keep a large buffer on an idle connection
+	if cap(w.body) > 8<<10 { // keep no large buffer on an idle connection: one credential document fits
 		w.body = nil
 	}
 	w.body = w.body[:0]

@@ -571,3 +571,20 @@ func TestShutdownWaitsForReapedHandlers(t *testing.T) {
 		t.Error("Serve after Shutdown left its listener open")
 	}
 }
+
+// A connection keeps its body buffer between requests only while it is
+// small: idle connections do not hold large responses' memory.
+func TestResponseBufferIsBounded(t *testing.T) {
+	w := response{header: http.Header{}}
+	w.reset(false)
+	_, _ = w.Write(make([]byte, 1500))
+	w.reset(false)
+	if cap(w.body) < 1500 {
+		t.Errorf("a credential-sized buffer was dropped (cap %d)", cap(w.body))
+	}
+	_, _ = w.Write(make([]byte, 20<<10))
+	w.reset(false)
+	if cap(w.body) != 0 {
+		t.Errorf("a 20 KiB buffer is kept between requests (cap %d)", cap(w.body))
+	}
+}
