@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 func TestCLI(t *testing.T) {
@@ -97,6 +99,19 @@ func TestMetricsObserver(t *testing.T) {
 	}
 	if n, err := testutil.GatherAndCount(m.reg, "imds_shim_credentials_expiry_seconds", "imds_shim_build_info"); err != nil || n != 2 {
 		t.Errorf("gather: %d %v", n, err)
+	}
+	m.ConnectionOpened()
+	m.ConnectionOpened()
+	m.ConnectionClosed(httpserver.ClosedIdleTimeout)
+	if got := testutil.ToFloat64(m.conns); got != 1 {
+		t.Errorf("open connections = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.connsClosed.WithLabelValues("idle_timeout")); got != 1 {
+		t.Errorf("closed for idle_timeout = %v, want 1", got)
+	}
+	// Every reason is exported from the start, at 0 until it happens.
+	if n, err := testutil.GatherAndCount(m.reg, "imds_shim_connections_closed_total"); err != nil || n != 5 {
+		t.Errorf("imds_shim_connections_closed_total has %d series (%v), want 5", n, err)
 	}
 	if allocs := testing.AllocsPerRun(100, func() { m.Request("credentials", 200) }); allocs != 0 {
 		t.Errorf("Request allocates %v times per call on the hot path", allocs)

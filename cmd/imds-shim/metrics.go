@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imds-shim/imds-shim/pkg/daemon"
+	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // metrics implements the observers of pkg/imds, pkg/credentials and
@@ -23,6 +24,8 @@ type metrics struct {
 	failures    *prometheus.CounterVec
 	stsLatency  prometheus.Histogram
 	repairs     *prometheus.CounterVec
+	conns       prometheus.Gauge
+	connsClosed *prometheus.CounterVec
 	engine      atomic.Pointer[daemon.CredentialEngine]
 }
 
@@ -57,6 +60,18 @@ func newMetrics(version string) *metrics {
 	m.repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "imds_shim_network_repairs_total", Help: "Repairs of the address or rules after something removed them.",
 	}, []string{"what"})
+	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imds_shim_connections", Help: "Open connections to the metadata listener.",
+	})
+	m.connsClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_shim_connections_closed_total",
+		Help: "Metadata connections closed, by reason: ended (by the client or its request), " +
+			"header_timeout, idle_timeout, active_timeout (the server's limits), shutdown.",
+	}, []string{"reason"})
+	for _, r := range []string{httpserver.ClosedEnded, httpserver.ClosedHeaderTimeout, httpserver.ClosedIdleTimeout,
+		httpserver.ClosedActiveTimeout, httpserver.ClosedShutdown} {
+		m.connsClosed.WithLabelValues(r)
+	}
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "imds_shim_credentials_expiry_seconds",
 		Help: "Seconds until the served credentials expire; 0 when none are served.",
@@ -66,9 +81,19 @@ func newMetrics(version string) *metrics {
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	m.reg.MustRegister(m.requests, m.tokens, m.unavailable, m.attempts, m.failures, m.stsLatency, m.repairs, expiry, info,
+	m.reg.MustRegister(m.requests, m.tokens, m.unavailable, m.attempts, m.failures, m.stsLatency, m.repairs,
+		m.conns, m.connsClosed, expiry, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// ConnectionOpened implements httpserver.Observer.
+func (m *metrics) ConnectionOpened() { m.conns.Inc() }
+
+// ConnectionClosed implements httpserver.Observer.
+func (m *metrics) ConnectionClosed(reason string) {
+	m.conns.Dec()
+	m.connsClosed.WithLabelValues(reason).Inc()
 }
 
 // Request implements imds.Observer. It runs on every request, so the

@@ -247,7 +247,8 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps,
 		key = nil
 	}
 	return daemon.Deps{
-		Log: log,
+		Log:          log,
+		ConnObserver: m,
 		Load: func(path string) (*config.Config, error) {
 			c, err := loadConfig(path)
 			if err == nil {

@@ -107,6 +107,9 @@ type Deps struct {
 	ControlSocket string
 	// Version is reported in status.
 	Version string
+	// ConnObserver, when set, hears of every metadata connection opened
+	// and closed, and why (for metrics).
+	ConnObserver httpserver.Observer
 	// OnCredentials, when set, is told which engine serves from now on: at
 	// start and after every reload that changed it (for metrics).
 	OnCredentials func(CredentialEngine)
@@ -317,6 +320,7 @@ func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *httpserver.S
 		BaseContext:    context.WithoutCancel(ctx),
 		MaxHeaderBytes: 16 << 10,
 		Log:            d.log.With("component", "http"),
+		Observer:       d.deps.ConnObserver,
 	}
 }
 

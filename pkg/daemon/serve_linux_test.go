@@ -336,6 +336,10 @@ func TestServe(t *testing.T) {
 	if _, body := httpGet(t, "http://127.0.0.1:9254/metrics"); !strings.Contains(body, `imds_shim_requests_total{class="credentials",code="200"}`) ||
 		!strings.Contains(body, "imds_shim_credentials_expiry_seconds") {
 		t.Errorf("/metrics lacks request counts or expiry:\n%.2000s", body)
+	} else if strings.Contains(body, `imds_shim_connections_closed_total{reason="ended"} 0`+"\n") ||
+		!strings.Contains(body, `imds_shim_connections_closed_total{reason="ended"}`) {
+		// The clients above each closed their connections.
+		t.Errorf("/metrics counted no metadata connection ended:\n%.3000s", body)
 	}
 
 	// SIGHUP with a changed role serves the new role.

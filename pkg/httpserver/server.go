@@ -49,6 +49,8 @@ type Server struct {
 	// Log gets accept errors and handler panics (error level) and
 	// connections closed for a limit or a malformed request (debug).
 	Log *slog.Logger
+	// Observer, if set, hears of every connection opened and closed.
+	Observer Observer
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -61,6 +63,23 @@ type Server struct {
 	live      atomic.Int64 // connection goroutines still running
 	date      atomic.Pointer[dateLine]
 }
+
+// Observer hears about connections, once when each opens and once when it
+// closes, from connection goroutines and the reaper concurrently.
+type Observer interface {
+	ConnectionOpened()
+	// ConnectionClosed gives one of the Closed* reasons.
+	ConnectionClosed(reason string)
+}
+
+// Why a connection was closed.
+const (
+	ClosedEnded         = "ended"          // by the client, or by its request (Connection: close, HTTP/1.0, an error)
+	ClosedHeaderTimeout = "header_timeout" // its first request header took longer than HeaderTimeout
+	ClosedIdleTimeout   = "idle_timeout"   // no next request within IdleTimeout
+	ClosedActiveTimeout = "active_timeout" // one request took longer than ActiveTimeout to handle and answer
+	ClosedShutdown      = "shutdown"       // Shutdown or Close
+)
 
 // The state of a connection, as net/http's ConnState names them.
 type connState uint8
@@ -171,11 +190,15 @@ func (s *Server) newConn(rwc net.Conn) *conn {
 	}
 	c.lr.R = rwc
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed.Load() {
+		s.mu.Unlock()
 		return nil
 	}
 	s.conns[c] = connClock{state: stateNew, since: s.now.Load()}
+	s.mu.Unlock()
+	if s.Observer != nil {
+		s.Observer.ConnectionOpened()
+	}
 	return c
 }
 
@@ -188,10 +211,15 @@ func (s *Server) setState(c *conn, st connState) {
 	s.mu.Unlock()
 }
 
-func (s *Server) forget(c *conn) {
+// forget drops a connection that has ended and returns why it ended.
+func (s *Server) forget(c *conn) string {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.conns, c)
-	s.mu.Unlock()
+	if c.reason == "" {
+		return ClosedEnded
+	}
+	return c.reason
 }
 
 // Shutdown stops accepting, closes idle connections, lets requests in
@@ -224,6 +252,7 @@ func (s *Server) Close() error {
 	s.closeListeners()
 	s.mu.Lock()
 	for c := range s.conns {
+		c.reason = ClosedShutdown
 		c.rwc.Close()
 		delete(s.conns, c)
 	}
@@ -250,6 +279,7 @@ func (s *Server) closeIdle() int {
 	defer s.mu.Unlock()
 	for c, t := range s.conns {
 		if t.state == stateIdle || t.state == stateNew && now-t.since > int64(time.Second) {
+			c.reason = ClosedShutdown
 			c.rwc.Close()
 			delete(s.conns, c)
 		}
@@ -299,6 +329,7 @@ func (s *Server) reap(now int64) int {
 		stateActive: orDefault(s.ActiveTimeout, DefaultActiveTimeout),
 		stateIdle:   orDefault(s.IdleTimeout, DefaultIdleTimeout),
 	}
+	reasons := [...]string{stateNew: ClosedHeaderTimeout, stateActive: ClosedActiveTimeout, stateIdle: ClosedIdleTimeout}
 	type late struct {
 		c   *conn
 		clk connClock
@@ -308,6 +339,7 @@ func (s *Server) reap(now int64) int {
 	for c, t := range s.conns {
 		if now-t.since > int64(limits[t.state]) {
 			over = append(over, late{c, t})
+			c.reason = reasons[t.state]
 			delete(s.conns, c)
 		}
 	}
@@ -348,6 +380,7 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	w      response
+	reason string // why the server closed it; guarded by s.mu
 }
 
 func (c *conn) serve() {
@@ -356,7 +389,10 @@ func (c *conn) serve() {
 			c.s.log().Error("panic serving a request", "remote", c.remote, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 		}
 		c.rwc.Close()
-		c.s.forget(c)
+		reason := c.s.forget(c)
+		if c.s.Observer != nil {
+			c.s.Observer.ConnectionClosed(reason)
+		}
 		c.s.live.Add(-1)
 	}()
 	c.br = bufio.NewReaderSize(&c.lr, 4<<10)

@@ -273,15 +273,45 @@ func TestReapLimits(t *testing.T) {
 	}
 }
 
+// connEvents records what an Observer hears.
+type connEvents struct {
+	mu     sync.Mutex
+	opened int
+	closed map[string]int
+}
+
+func (e *connEvents) ConnectionOpened() { e.mu.Lock(); e.opened++; e.mu.Unlock() }
+func (e *connEvents) ConnectionClosed(reason string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed == nil {
+		e.closed = map[string]int{}
+	}
+	e.closed[reason]++
+}
+
+// String says how many connections opened, how many are still open, and
+// why the others closed.
+func (e *connEvents) String() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, v := range e.closed {
+		n += v
+	}
+	return fmt.Sprintf("opened %d, %d still open; closed %v", e.opened, e.opened-n, e.closed)
+}
+
 // On short limits: a client trickling its first header, a silent one, an
 // idle keep-alive one and one whose request takes too long are cut off; a
 // client whose requests keep coming stays connected well past every
-// limit; and the server forgets every connection once it is closed.
+// limit; the server forgets every connection once it is closed; and its
+// Observer hears why each one ended.
 func TestLimitsOnTheWire(t *testing.T) {
 	const limit = 300 * time.Millisecond
 	release := make(chan struct{})
-	defer close(release)
-	s := &Server{HeaderTimeout: limit, IdleTimeout: 2 * limit, ActiveTimeout: limit, Tick: 20 * time.Millisecond,
+	events := &connEvents{}
+	s := &Server{HeaderTimeout: limit, IdleTimeout: 2 * limit, ActiveTimeout: limit, Tick: 20 * time.Millisecond, Observer: events,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/slow" {
 				<-release
@@ -354,12 +384,37 @@ func TestLimitsOnTheWire(t *testing.T) {
 	if err := <-stuckErr; err == nil {
 		t.Error("a request handled for longer than the active limit was answered")
 	}
+	close(release) // the stuck handler returns, and its connection's goroutine ends
 	busy.Close()
 	for deadline := time.Now().Add(5 * time.Second); s.Tracked() > 0; {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d connections still tracked after all closed", s.Tracked())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	want := "opened 5, 0 still open; closed map[active_timeout:1 ended:1 header_timeout:2 idle_timeout:1]"
+	for deadline := time.Now().Add(5 * time.Second); events.String() != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("observer heard %s, want %s", events, want)
+		}
+	}
+	// Shutdown closes an idle connection as such.
+	late := &connEvents{}
+	s2 := &Server{Handler: echo, Observer: late}
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s2.Serve(ln2) }()
+	exchangeConn(t, ln2.Addr().String()).get(t, "/")
+	if err := s2.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want = "opened 1, 0 still open; closed map[shutdown:1]"
+	for deadline := time.Now().Add(5 * time.Second); late.String() != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("observer heard %s, want %s", late, want)
+		}
 	}
 }
 
