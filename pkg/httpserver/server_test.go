@@ -38,24 +38,35 @@ var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, body)
 })
 
+// listen listens on a free loopback port.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// serveOn starts s on a loopback listener, closes it with the test, and
+// returns its address.
+func serveOn(t *testing.T, s *Server) string {
+	t.Helper()
+	ln := listen(t)
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
 // serveBoth starts the handler in this package's server and in
 // net/http's, and returns their addresses.
 func serveBoth(t *testing.T, h http.Handler) (ours, theirs string) {
 	t.Helper()
-	listen := func() net.Listener {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ln
-	}
-	a, b := listen(), listen()
-	s := &Server{Handler: h}
-	go func() { _ = s.Serve(a) }()
+	b := listen(t)
 	hs := &http.Server{Handler: h, MaxHeaderBytes: DefaultMaxHeaderBytes}
 	go func() { _ = hs.Serve(b) }()
-	t.Cleanup(func() { s.Close(); hs.Close() })
-	return a.Addr().String(), b.Addr().String()
+	t.Cleanup(func() { hs.Close() })
+	return serveOn(t, &Server{Handler: h}), b.Addr().String()
 }
 
 // exchange sends raw on a new connection and describes, one line per
@@ -318,62 +329,34 @@ func TestLimitsOnTheWire(t *testing.T) {
 			}
 			_, _ = io.WriteString(w, "ok")
 		})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	dial := func() net.Conn {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	closedWithin := func(name string, c net.Conn, d time.Duration) {
+	addr := serveOn(t, s)
+	closedWithin := func(name string, c *testConn, d time.Duration) {
 		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(d))
-		if _, err := io.Copy(io.Discard, c); err != nil {
+		_ = c.c.SetReadDeadline(time.Now().Add(d))
+		if _, err := io.Copy(io.Discard, c.br); err != nil {
 			t.Errorf("%s: not closed by the server within %v: %v", name, d, err)
 		}
 	}
-	get := func(br *bufio.Reader, c net.Conn, path string) error {
-		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return err
-	}
 
-	silent := dial()
-	trickle := dial()
+	silent := exchangeConn(t, addr)
+	trickle := exchangeConn(t, addr)
 	go func() {
 		for _, b := range []byte("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ") {
-			if _, err := trickle.Write([]byte{b}); err != nil {
+			if _, err := trickle.c.Write([]byte{b}); err != nil {
 				return
 			}
 			time.Sleep(limit / 10)
 		}
 	}()
-	idle := dial()
-	if err := get(bufio.NewReader(idle), idle, "/"); err != nil {
-		t.Fatal(err)
-	}
-	stuck := dial()
+	idle := exchangeConn(t, addr)
+	idle.get(t, "/")
+	stuck := exchangeConn(t, addr)
 	stuckErr := make(chan error, 1)
-	go func() { stuckErr <- get(bufio.NewReader(stuck), stuck, "/slow") }()
+	go func() { _, err := stuck.do("/slow"); stuckErr <- err }()
 
-	busy := dial()
-	br := bufio.NewReader(busy)
+	busy := exchangeConn(t, addr)
 	for deadline := time.Now().Add(10 * limit); time.Now().Before(deadline); {
-		if err := get(br, busy, "/"); err != nil {
+		if _, err := busy.do("/"); err != nil {
 			t.Fatalf("a busy keep-alive client was cut off: %v", err)
 		}
 		time.Sleep(limit / 5)
@@ -385,7 +368,7 @@ func TestLimitsOnTheWire(t *testing.T) {
 		t.Error("a request handled for longer than the active limit was answered")
 	}
 	close(release) // the stuck handler returns, and its connection's goroutine ends
-	busy.Close()
+	busy.c.Close()
 	for deadline := time.Now().Add(5 * time.Second); s.Tracked() > 0; {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d connections still tracked after all closed", s.Tracked())
@@ -401,12 +384,7 @@ func TestLimitsOnTheWire(t *testing.T) {
 	// Shutdown closes an idle connection as such.
 	late := &connEvents{}
 	s2 := &Server{Handler: echo, Observer: late}
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s2.Serve(ln2) }()
-	exchangeConn(t, ln2.Addr().String()).get(t, "/")
+	exchangeConn(t, serveOn(t, s2)).get(t, "/")
 	if err := s2.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -431,10 +409,7 @@ func TestShutdown(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "ok")
 	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t)
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	addr := ln.Addr().String()
@@ -485,16 +460,11 @@ func TestHandlerPanic(t *testing.T) {
 			}
 			_, _ = io.WriteString(w, "ok")
 		})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	if got := exchange(t, ln.Addr().String(), "GET /panic HTTP/1.1\r\nHost: h\r\n\r\n"); got != "closed" {
+	addr := serveOn(t, s)
+	if got := exchange(t, addr, "GET /panic HTTP/1.1\r\nHost: h\r\n\r\n"); got != "closed" {
 		t.Errorf("after a panic: %s", got)
 	}
-	if got := exchange(t, ln.Addr().String(), "GET / HTTP/1.1\r\nHost: h\r\n\r\n"); !strings.HasPrefix(got, "200") {
+	if got := exchange(t, addr, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"); !strings.HasPrefix(got, "200") {
 		t.Errorf("next connection: %s", got)
 	}
 	if !strings.Contains(logs.String(), "panic serving a request") || !strings.Contains(logs.String(), "boom") {
@@ -509,10 +479,7 @@ func TestServeSeveralListeners(t *testing.T) {
 	t.Cleanup(func() { s.Close() })
 	var wg sync.WaitGroup
 	for range 3 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := listen(t)
 		wg.Go(func() { _ = s.Serve(ln) })
 		if got := exchange(t, ln.Addr().String(), "GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(got, "200") {
 			t.Errorf("%s: %s", ln.Addr(), got)
@@ -537,18 +504,27 @@ func exchangeConn(t *testing.T, addr string) *testConn {
 	return &testConn{c: c, br: bufio.NewReader(c)}
 }
 
-func (tc *testConn) send(t *testing.T, path string) *http.Response {
+// do sends a GET for path and reads the whole response.
+func (tc *testConn) do(path string) (*http.Response, error) {
 	if _, err := io.WriteString(tc.c, "GET "+path+" HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
-		t.Error(err)
-		return nil
+		return nil, err
 	}
 	resp, err := http.ReadResponse(tc.br, nil)
+	if err != nil {
+		return nil, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp, err
+}
+
+// send is do, failing the test (from any goroutine) on an error.
+func (tc *testConn) send(t *testing.T, path string) *http.Response {
+	resp, err := tc.do(path)
 	if err != nil {
 		t.Error(err)
 		return nil
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	return resp
 }
 
@@ -590,12 +566,7 @@ func TestShutdownWaitsForReapedHandlers(t *testing.T) {
 			close(entered)
 			<-release
 		})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	c := exchangeConn(t, ln.Addr().String())
+	c := exchangeConn(t, serveOn(t, s))
 	if _, err := io.WriteString(c.c, "GET / HTTP/1.1\r\nHost: h\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -614,10 +585,7 @@ func TestShutdownWaitsForReapedHandlers(t *testing.T) {
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Errorf("Shutdown after the handler returned = %v", err)
 	}
-	late, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	late := listen(t)
 	if err := s.Serve(late); !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("Serve after Shutdown = %v", err)
 	}
