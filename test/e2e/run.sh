@@ -96,7 +96,7 @@ DEB=$WORK/pkgs/$(basename "$DEB") RPM=$WORK/pkgs/$(basename "$RPM") DIST=$WORK/p
 # comments: what must be identical before and after.
 host_state() {
 	{
-		echo "## addresses"; ip -o addr show | sed 's/ valid_lft.*//'
+		echo "## addresses"; ip -o addr show | awk '{s=""; for (i = 5; i < NF; i++) if ($i == "scope") s=$(i+1); print $2, $3, $4, s}' | sort
 		echo "## links"; ip -o link show | awk '{print $2}'
 		echo "## netns"; ip netns list
 		for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
@@ -252,7 +252,7 @@ step "guest booted ($state)"
 # chains are only compared where their policy is not ACCEPT.
 guest_net() {
 	gsh '
-	echo "## addresses"; ip -o addr show | sed "s/ valid_lft.*//"
+	echo "## addresses"; ip -o addr show | awk "{s=\"\"; for (i = 5; i < NF; i++) if (\$i == \"scope\") s=\$(i+1); print \$2, \$3, \$4, s}" | sort
 	echo "## links"; ip -o link show | awk "{print \$2}"
 	for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
 		echo "## $t"
