@@ -305,7 +305,9 @@ func ttlHeader(n int64) []string {
 // page as text/html and the others as text/plain (a captured EC2 405 on
 // the token path says Content-Type: text/plain); its 403 has no body at
 // all (captures in aws-sdk-kotlin #627 and aws_credentials #47:
-// Content-Length: 0, Content-Type: text/plain).
+// Content-Length: 0, Content-Type: text/plain). The system identifier is
+// indented by nine spaces, as in every published capture of the page
+// (coreos-overlay #142, terraform-provider-vault #327, s3fs-fuse #1605).
 func errorPage(status int) response {
 	if status == http.StatusForbidden {
 		return newResponse([]byte{}, hdrTextPlain)
@@ -313,7 +315,7 @@ func errorPage(status int) response {
 	title := strconv.Itoa(status) + " - " + http.StatusText(status)
 	body := `<?xml version="1.0" encoding="iso-8859-1"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
-	"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+         "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
 <html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">
  <head>
   <title>` + title + `</title>
