@@ -9,7 +9,7 @@ import (
 
 // EC2 behaviour beyond the credential path, each point taken from an EC2
 // capture published in an SDK or tool issue thread or from an SDK's source;
-// the tests in fidelity_test.go cite them, and docs/ec2-compatibility.md
+// the tests in fidelity_test.go cite them, and EC2-COMPATIBILITY.md
 // collects them for users.
 
 // ec2Leaves adds the entries EC2 serves that have an honest on-prem value:
