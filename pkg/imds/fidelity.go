@@ -2,6 +2,7 @@ package imds
 
 import (
 	"maps"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,4 +71,27 @@ func ec2HostName(h, region string) bool {
 	}
 	rest := strings.ToLower(h[len("instance-data"):])
 	return rest == "" || rest == ".ec2.internal" || rest == "."+region+".compute.internal"
+}
+
+// ec2RequestGate returns the status EC2 answers r with before looking at
+// its path, or 0 to serve it; isToken says the path is a version's
+// api/token and slash that it ended in '/'. Expect is refused before any
+// body is read (417). A proxy's X-Forwarded-For on a token PUT or on a
+// request carrying a token, and a PUT to api/token/, are 403, which the
+// SDKs take as "no IMDSv2 here" and fall back to IMDSv1, where a 400
+// would be fatal to them. A tokenless GET through a proxy is served, as
+// on EC2 (optional mode answers it, required mode refuses it with 401).
+func ec2RequestGate(r *http.Request, isToken, slash bool) int {
+	if _, ok := r.Header["Expect"]; ok {
+		return http.StatusExpectationFailed
+	}
+	_, xff := r.Header[hForwardedFor]
+	put := isToken && r.Method == http.MethodPut
+	if xff && (put || len(r.Header[hToken]) > 0) {
+		return http.StatusForbidden
+	}
+	if put && slash {
+		return http.StatusForbidden
+	}
+	return 0
 }

@@ -484,19 +484,8 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	if !st.sourceAllowed(r) || !st.hostAllowed(r) {
 		return class, s.fail(w, r, http.StatusForbidden)
 	}
-	// EC2's request gates (fidelity_test.go cites the captures): Expect is
-	// refused before any body is read; a proxy's X-Forwarded-For on a token
-	// PUT or on a request carrying a token, and a PUT to api/token/, are
-	// 403, which SDKs treat as "no IMDSv2 here" and fall back to IMDSv1
-	// where 400 would be fatal to them.
-	if _, ok := r.Header["Expect"]; ok {
-		return class, s.fail(w, r, http.StatusExpectationFailed)
-	}
-	if _, ok := r.Header[hForwardedFor]; ok && (isToken && r.Method == http.MethodPut || len(r.Header[hToken]) > 0) {
-		return class, s.fail(w, r, http.StatusForbidden)
-	}
-	if isToken && slash && r.Method == http.MethodPut {
-		return class, s.fail(w, r, http.StatusForbidden)
+	if code := ec2RequestGate(r, isToken, slash); code != 0 {
+		return class, s.fail(w, r, code)
 	}
 	if isToken && version == "latest" {
 		if r.Method != http.MethodPut {
