@@ -172,3 +172,42 @@ func TestBotocoreBehindForwardingProxy(t *testing.T) {
 		}
 	})
 }
+
+// ec2-metadata from amazon-ec2-utils (Amazon Linux's tool, packaged by
+// Debian) reads the entries this round added, the way it does on EC2:
+// ramdisk-id and reservation-id through /latest//meta-data/ (a doubled
+// slash), block-device-mapping/ item by item, public-keys/ by splitting
+// "index=name" and then listing index/ for the key's format. It talks to
+// http://169.254.169.254 only, through curl, so the test points curl's
+// http_proxy at the server: the request line then carries the absolute URL
+// and Host 169.254.169.254, and the tool itself is unmodified.
+func TestEC2MetadataTool(t *testing.T) {
+	tool := requireClient(t, "ec2-metadata (apt amazon-ec2-utils)", "ec2-metadata")
+	c := testCreds(4)
+	cfg := baseConfig() // tokens required: the tool uses IMDSv2
+	cfg.Region = clientRegion
+	cfg.PublicKeys = map[string]string{"deploy": testPublicKey}
+	cfg.SecurityGroups = []string{"default", "build-hosts"}
+	host := testHost
+	srv, err := NewServer(cfg, &fakeSource{creds: c}, Options{Host: &host})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	env := []string{"PATH=" + os.Getenv("PATH"), "LANG=C.UTF-8", "HOME=" + t.TempDir(), "http_proxy=" + ts.URL}
+	out := string(runClient(t, env, tool))
+	for _, want := range []string{
+		"instance-id: " + defaultInstanceID(testHost) + "\n",
+		"block-device-mapping: \n\t ami: /dev/xvda\n\t root: /dev/xvda\n",
+		"public-keys: \nkeyname:deploy\nindex:0\nformat:openssh-key\nkey:(begins from next line)\n" + testPublicKey + "\n",
+		"ramdisk-id: not available\n",
+		"reservation-id: " + defaultReservationID(testHost) + "\n",
+		"security-groups: default\nbuild-hosts\n",
+		"placement: " + clientRegion + "a\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ec2-metadata output lacks %q:\n%s", want, out)
+		}
+	}
+}
