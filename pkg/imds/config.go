@@ -30,6 +30,10 @@ const (
 	DefaultImageID       = "ami-00000000000000000"
 	DefaultInstanceType  = "on-prem"
 	DefaultMachineIDPath = "/etc/machine-id"
+	// DefaultRootDeviceName is block-device-mapping/ami and /root when
+	// RootDeviceName is empty: the name EC2 gives the root volume of
+	// Amazon Linux and most HVM AMIs.
+	DefaultRootDeviceName = "/dev/xvda"
 )
 
 // Config is what the handler serves. Validate names problems by the YAML
@@ -78,6 +82,24 @@ type Config struct {
 	InstanceProfileARN string
 	InstanceProfileID  string
 
+	// PublicKeys (metadata.public_keys) maps key names to OpenSSH public
+	// keys, served in EC2's layout sorted by name: public-keys/ lists
+	// "0=name", public-keys/0/ lists openssh-key, public-keys/0/openssh-key
+	// is the key. Empty: public-keys/ is 404, as on an instance launched
+	// without a key pair.
+	PublicKeys map[string]string
+	// ReservationID (metadata.reservation_id) defaults to r- + 17 hex
+	// derived from the machine ID, like InstanceID.
+	ReservationID string
+	// SecurityGroups (metadata.security_groups) are the names listed at
+	// security-groups, one per line; empty means 404 (an on-prem host is in
+	// no security group).
+	SecurityGroups []string
+	// RootDeviceName (metadata.root_device_name) is served at
+	// block-device-mapping/ami and block-device-mapping/root; it defaults
+	// to DefaultRootDeviceName.
+	RootDeviceName string
+
 	// Tags are served under meta-data/tags/instance/ when non-empty.
 	Tags map[string]string
 	// UserData is served at user-data; nil means 404 like EC2.
@@ -100,6 +122,9 @@ var (
 	regionRE   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 	azIDRE     = regexp.MustCompile(`^[a-z0-9]{3,12}-az[0-9]{1,2}$`)
 	instanceRE = regexp.MustCompile(`^i-([0-9a-f]{8}|[0-9a-f]{17})$`)
+	reserveRE  = regexp.MustCompile(`^r-([0-9a-f]{8}|[0-9a-f]{17})$`)
+	deviceRE   = regexp.MustCompile(`^/dev/[a-z0-9]{1,32}$`)
+	sshKeyRE   = regexp.MustCompile(`^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+=*( [ -~]*)?$`)
 	imageRE    = regexp.MustCompile(`^ami-([0-9a-f]{8}|[0-9a-f]{17})$`)
 	profIDRE   = regexp.MustCompile(`^AIPA[A-Z0-9]{16,17}$`)
 	hostRE     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
@@ -235,6 +260,27 @@ func (c Config) Validate() error {
 	}
 	if c.InstanceProfileID != "" && !profIDRE.MatchString(c.InstanceProfileID) {
 		add("instance profile ID %q is not AIPA followed by 16-17 upper-case letters or digits", c.InstanceProfileID)
+	}
+	if c.ReservationID != "" && !reserveRE.MatchString(c.ReservationID) {
+		add("metadata.reservation_id: %q is not r- followed by 8 or 17 hex digits", c.ReservationID)
+	}
+	if c.RootDeviceName != "" && !deviceRE.MatchString(c.RootDeviceName) {
+		add("metadata.root_device_name: %q is not a device name like /dev/xvda", c.RootDeviceName)
+	}
+	for i, g := range c.SecurityGroups {
+		// One name per line in the listing: no LF, no control characters.
+		if g == "" || len(g) > 255 || !utf8.ValidString(g) || hasControl(g) {
+			add("metadata.security_groups[%d]: %q is not a security group name (1-255 printable characters)", i, g)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.PublicKeys)) {
+		// The name is listed as "0=name": no LF, '/' or '='.
+		if err := checkName(k); err != nil || strings.ContainsRune(k, '=') {
+			add("metadata.public_keys: key name %q is not a key pair name (printable, no '/', '=' or leading '.')", k)
+		}
+		if !sshKeyRE.MatchString(c.PublicKeys[k]) {
+			add("metadata.public_keys.%s: not one OpenSSH public key line (\"ssh-ed25519 AAAA... comment\")", k)
+		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Tags)) { // errors in a stable order
 		v := c.Tags[k]
