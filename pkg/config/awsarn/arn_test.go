@@ -2,6 +2,7 @@ package awsarn
 
 import (
 	"bytes"
+	"github.com/google/go-cmp/cmp"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,50 @@ func TestCheckPolicy(t *testing.T) {
 	} {
 		if err := CheckPolicy(s); (err == nil) != ok {
 			t.Errorf("CheckPolicy(%q) = %v", s, err)
+		}
+	}
+}
+
+func TestParseRoleTable(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Role
+		wantErr string
+	}{
+		{in: "arn:aws:iam::123456789012:role/test", want: Role{"aws", "123456789012", "/", "test"}},
+		{in: "arn:aws-cn:iam::123456789012:role/a/b/Name_1+=,.@-", want: Role{"aws-cn", "123456789012", "/a/b/", "Name_1+=,.@-"}},
+		{in: "arn:aws-us-gov:iam::123456789012:role/gov", want: Role{"aws-us-gov", "123456789012", "/", "gov"}},
+		{in: "arn:aws-iso-b:iam::123456789012:role/x/y", want: Role{"aws-iso-b", "123456789012", "/x/", "y"}},
+		{in: "arn:aws-eusc:iam::123456789012:role/eu", want: Role{"aws-eusc", "123456789012", "/", "eu"}},
+		{in: "arn:aws:iam::12345678901:role/test", wantErr: `account "12345678901" is not 12 digits`},
+		{in: "arn:aws:iam::123456789012:user/test", wantErr: `resource "user/test" does not start with role/`},
+		{in: "arn:aws:sts::123456789012:role/test", wantErr: `service is "sts", want iam`},
+		{in: "arn:aws:iam:us-east-1:123456789012:role/test", wantErr: `region is "us-east-1"`},
+		{in: "arn:gcp:iam::123456789012:role/test", wantErr: `partition "gcp"`},
+		{in: "arn:aws:iam::123456789012:role/", wantErr: `role name "" is not`},
+		{in: "arn:aws:iam::123456789012:role/a//b", wantErr: `role path "/a//"`},
+		{in: "arn:aws:iam::123456789012:role/" + strings.Repeat("n", 65), wantErr: "role name"},
+		{in: "arn:aws:iam::123456789012:role/sp ace", wantErr: "role name"},
+		{in: "arn:aws:iam::1:role", wantErr: "20 to 2048 characters"},
+		{in: "not-an-arn-at-all-but-long", wantErr: "want arn:PARTITION"},
+		{in: "arn:aws:iam::" + strings.Repeat("1", 2048), wantErr: "20 to 2048"},
+	} {
+		got, err := ParseRole(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("ParseRole(%q) err = %v, want one containing %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseRole(%q): %v", tc.in, err)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("ParseRole(%q) (-want +got):\n%s", tc.in, diff)
+		}
+		if got.String() != tc.in {
+			t.Errorf("String() = %q, want %q", got.String(), tc.in)
 		}
 	}
 }
