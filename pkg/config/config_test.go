@@ -423,8 +423,8 @@ func TestFileWarnings(t *testing.T) {
 	if ws := c.FileWarnings(cfg); len(ws) != 0 {
 		t.Errorf("0600 files warn: %q", ws)
 	}
-	os.Chmod(cfg, 0o660)
-	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "config file "+cfg) {
+	os.Chmod(cfg, 0o620)
+	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "config file "+cfg) || !strings.Contains(ws[0], "writable by other users") {
 		t.Errorf("group-writable config: %q", ws)
 	}
 }
