@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"net/url"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -119,7 +118,7 @@ func (c *Config) validate(present map[string]bool, p *problems) {
 	}
 	samePartition("role_arn", c.RoleARN)
 	if c.STSEndpoint != "" {
-		if err := checkEndpoint(c.STSEndpoint); err != nil {
+		if err := awsarn.CheckEndpoint(c.STSEndpoint); err != nil {
 			bad("sts_endpoint", "%v", err)
 		}
 	}
@@ -343,7 +342,7 @@ func (c *Config) validateSource(bad badFunc) {
 		bad("roles_anywhere.role_arn", "is in partition %s, the trust anchor in %s", ra.RoleARN.Partition, ta.Partition)
 	}
 	if ra.Endpoint != "" {
-		if err := checkEndpoint(ra.Endpoint); err != nil {
+		if err := awsarn.CheckEndpoint(ra.Endpoint); err != nil {
 			bad("roles_anywhere.endpoint", "%v", err)
 		}
 	}
@@ -645,34 +644,4 @@ func checkName(n string) error {
 
 func hasControl(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
-}
-
-// checkEndpoint checks an endpoint override URL. Its errors never repeat a
-// password from the URL.
-func checkEndpoint(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		// url's own error quotes the input, which may hold a password.
-		return fmt.Errorf("not a URL")
-	}
-	s = u.Redacted()
-	if u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return fmt.Errorf("%q must be an http(s)://HOST[:PORT] URL", s)
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("%q must not carry user info, a query or a fragment", s)
-	}
-	if u.Scheme == "http" {
-		host := u.Hostname()
-		ip, err := netip.ParseAddr(host)
-		if host != "localhost" && (err != nil || !(ip.IsLoopback() || ip.IsPrivate())) {
-			return fmt.Errorf("%q: plain http is allowed only for loopback or private IP addresses, because the response carries secret keys", s)
-		}
-	}
-	if p := u.Port(); p != "" {
-		if _, err := net.LookupPort("tcp", p); err != nil {
-			return fmt.Errorf("%q: bad port %q", s, p)
-		}
-	}
-	return nil
 }

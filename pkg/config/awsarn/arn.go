@@ -1,6 +1,6 @@
 // Package awsarn is imds-shim's one place for AWS names: the partition table
-// (the AWS SDK's own endpoint data, embedded), the region rule, and the
-// parsers for the ARNs the configuration holds (IAM roles and policies, IAM
+// (the AWS SDK's own endpoint data, embedded), the region rule, the endpoint
+// override rule, and the parsers for the ARNs the configuration holds (IAM roles and policies, IAM
 // Roles Anywhere trust anchors and profiles). It builds on
 // github.com/aws/aws-sdk-go-v2/aws/arn, which splits an ARN but checks none
 // of the service's rules; those are here.
