@@ -45,10 +45,10 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "roles[%d]:  %s\n", i, r.RoleARN)
 	}
 	fmt.Fprintf(stdout, "listener:  %s (tokens %s, hop limit %d)\n", c.IMDS.Listen, c.IMDS.Tokens, c.IMDS.HopLimit)
-	fmt.Fprintf(stdout, "           reachable by %s\n", config.Reach(c.IMDS.Listen))
+	fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(c.IMDS.Listen))
 	if l := c.Metrics.Listen; l.IsValid() {
 		fmt.Fprintf(stdout, "metrics:   http://%s/metrics\n", l)
-		fmt.Fprintf(stdout, "           reachable by %s\n", config.Reach(l))
+		fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(l))
 	} else {
 		fmt.Fprintf(stdout, "metrics:   off\n")
 	}

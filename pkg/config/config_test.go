@@ -389,7 +389,7 @@ func TestWarnings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0].Msg, "any host") {
+	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0].Msg, "reachable by any host") {
 		t.Errorf("remote listener warnings %v", w)
 	}
 }

@@ -29,7 +29,7 @@ func (c *Config) Warnings() []Problem {
 			ap  netip.AddrPort
 		}{{"imds.listen", c.IMDS.Listen}, {"metrics.listen", c.Metrics.Listen}} {
 			if l.ap.IsValid() && !localOnly(l.ap.Addr()) {
-				w = append(w, Problem{l.key, Reach(l.ap) + " (imds.allow_remote)"})
+				w = append(w, Problem{l.key, "reachable by " + c.Reach(l.ap) + " (imds.allow_remote)"})
 			}
 		}
 	}
@@ -37,14 +37,17 @@ func (c *Config) Warnings() []Problem {
 }
 
 // Reach says who can connect to a listener on ap.
-func Reach(ap netip.AddrPort) string {
+func (c *Config) Reach(ap netip.AddrPort) string {
 	a := ap.Addr().Unmap()
 	switch {
 	case a.IsLoopback():
 		return "processes on this host only (loopback)"
 	case localOnly(a):
-		return "processes on this host and, through the redirect, the containers on network.containers; " +
-			"nothing off the host (the address is on a local link with scope host and fenced by imds-shim's rules)"
+		who := "processes on this host"
+		if len(c.Network.Containers) > 0 {
+			who += " and containers on " + strings.Join(c.Network.Containers, ", ")
+		}
+		return who + "; nothing off the host (the address has scope host and imds-shim's rules fence it)"
 	case a.IsUnspecified():
 		return "any host that can route to this one, on every interface"
 	default:
