@@ -489,7 +489,8 @@ type timedObserver struct{ ch chan string }
 
 func (o timedObserver) Repaired(what string) { o.ch <- what }
 
-// waitFor waits for the repairs in want, bounded by limit.
+// waitFor waits for the repairs in want, bounded by limit (a bound for a
+// failing test, not a synchronisation: a passing test never waits for it).
 func waitFor(t *testing.T, o timedObserver, limit time.Duration, want ...string) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -512,30 +513,54 @@ func waitFor(t *testing.T, o timedObserver, limit time.Duration, want ...string)
 	}
 }
 
-func TestKernelSelfHealing(t *testing.T) {
+// tickedRedirector is a Redirector on the real kernel whose reconcile ticks
+// the test sends.
+func tickedRedirector(t *testing.T, cfg Config, obs Observer) (*Redirector, chan time.Time) {
+	t.Helper()
+	tick := make(chan time.Time)
+	sys := hostSystem()
+	sys.ticker = func(time.Duration) (<-chan time.Time, func()) { return tick, func() {} }
+	r, err := newRedirector(cfg, Options{Logger: testLogger(t), Observer: obs}, sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, tick
+}
+
+// TestKernelSteadyStateAndSelfHealing: Run over several reconcile ticks on
+// an intact host repairs nothing (each tick is handed over on an unbuffered
+// channel, and Run takes the next one only after the reconcile of the
+// previous one, so the ticks are driven without sleeping); then what others
+// remove is repaired on the next tick (rules) or at once (the address).
+func TestKernelSteadyStateAndSelfHealing(t *testing.T) {
 	nstest.RequireRootNetns(t)
 	cleanHost(t)
-	target := listener(t)
-	const period = 250 * time.Millisecond
-	limit := 10 * period // the bound; a repair needs at most one period plus the work
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
 			ipt := "iptables-" + be
 			before := hostState(t)
 			obs := timedObserver{ch: make(chan string, 100)}
-			r := newKernelRedirector(t, Config{Link: LinkLo, Backend: be, Target: target, ReconcileInterval: period}, obs)
+			cfg := Config{Link: LinkLo, Backend: be, Target: netip.MustParseAddrPort("127.0.0.1:8254")}
+			r, tick := tickedRedirector(t, cfg, obs)
 			if err := r.Setup(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(t.Context())
 			runDone := make(chan error, 1)
 			go func() { runDone <- r.Run(ctx) }()
-			mustGet(t, target, "/")
+			const ticks = 5
+			for range ticks + 1 { // the last send returns once the fifth reconcile is done
+				tick <- time.Now()
+			}
+			select {
+			case w := <-obs.ch:
+				t.Fatalf("steady state: Run repaired %q over %d ticks on an intact host", w, ticks)
+			default:
+			}
 
 			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
-			d := waitFor(t, obs, limit, "nat/OUTPUT jump")
-			t.Logf("%s: flushed nat OUTPUT repaired after %v", be, d)
-			mustGet(t, target, "/after-flush")
+			tick <- time.Now()
+			waitFor(t, obs, 10*time.Second, "nat/OUTPUT jump")
 
 			run(t, ipt, "-t", "nat", "-F", "OUTPUT")
 			run(t, ipt, "-t", "nat", "-F", natChain)
@@ -543,16 +568,25 @@ func TestKernelSelfHealing(t *testing.T) {
 			run(t, ipt, "-t", "filter", "-D", "INPUT", "-m", "comment", "--comment", Comment, "-j", fenceChain)
 			run(t, ipt, "-t", "filter", "-F", fenceChain)
 			run(t, ipt, "-t", "filter", "-X", fenceChain)
-			d = waitFor(t, obs, limit, "nat/OUTPUT jump", "nat/"+natChain+" chain", "nat/"+natChain+" rules",
-				"filter/INPUT jump", "filter/"+fenceChain+" chain", "filter/"+fenceChain+" rules")
-			t.Logf("%s: deleted chains repaired after %v", be, d)
-			mustGet(t, target, "/after-chain-delete")
+			run(t, "ip6"+ipt[2:], "-t", "nat", "-F", "OUTPUT")
+			tick <- time.Now()
+			waitFor(t, obs, 10*time.Second, "nat/OUTPUT jump", "nat/"+natChain+" chain", "nat/"+natChain+" rules",
+				"filter/INPUT jump", "filter/"+fenceChain+" chain", "filter/"+fenceChain+" rules", "ip6 nat/OUTPUT jump")
 
 			run(t, "ip", "addr", "del", "169.254.169.254/32", "dev", "lo")
-			d = waitFor(t, obs, limit, "address 169.254.169.254/32 on lo")
-			t.Logf("%s: deleted address repaired after %v", be, d)
-			mustGet(t, target, "/after-addr-delete")
+			waitFor(t, obs, 10*time.Second, "address 169.254.169.254/32 on lo") // on the netlink event, no tick
+			run(t, "ip", "addr", "del", "fd00:ec2::254/128", "dev", "lo")
+			waitFor(t, obs, 10*time.Second, "address fd00:ec2::254/128 on lo")
 
+			// And steady again: more ticks, no repairs.
+			for range ticks + 1 {
+				tick <- time.Now()
+			}
+			select {
+			case w := <-obs.ch:
+				t.Errorf("after the repairs: Run repaired %q again", w)
+			default:
+			}
 			cancel()
 			if err := <-runDone; err != nil {
 				t.Errorf("Run = %v", err)
@@ -728,6 +762,15 @@ func TestKernelCrashCycles(t *testing.T) {
 		}
 		return steps
 	}
+	// Each chain shows once in a -save declaration and once per rule in or
+	// jumping to it.
+	plan := Plan(Config{Target: target})
+	wantMarks := len(plan)
+	for _, r := range plan {
+		if r.Position > 0 {
+			wantMarks++ // the chain's declaration
+		}
+	}
 	states := map[string]int{}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	t0 := time.Now()
@@ -760,8 +803,8 @@ func TestKernelCrashCycles(t *testing.T) {
 			t.Fatal(err)
 		}
 		addr := slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.IPv4(169, 254, 169, 254)) })
-		rules := strings.Count(run(t, "iptables-nft-save"), "IMDS-SHIM")
-		states[fmt.Sprintf("addr=%t rules=%d/6", addr, rules)]++
+		rules := strings.Count(run(t, "iptables-nft-save")+run(t, "ip6tables-nft-save"), "IMDS-SHIM")
+		states[fmt.Sprintf("addr=%t rules=%d/%d", addr, rules, wantMarks)]++
 	}
 	readyStart := time.Now()
 	if start("setup", 0) == 0 { // a last start that completes before its kill
@@ -773,17 +816,18 @@ func TestKernelCrashCycles(t *testing.T) {
 		t.Errorf("only %d of 50 starts crashed mid-way; the crash points are not being reached", crashed)
 	}
 
-	got := iptablesSave(t, BackendNFT)
-	for _, rule := range Plan(Config{Target: target}) {
+	got4, got6 := iptablesSave(t, BackendNFT), xtablesSave(t, "ip6tables", BackendNFT)
+	for _, rule := range plan {
+		got := map[bool]string{false: got4, true: got6}[rule.IPv6]
 		if n := strings.Count(got, rule.String()+"\n"); n != 1 {
 			t.Errorf("%d copies of %q after the crashes:\n%s", n, rule, got)
 		}
 	}
-	// 2 chain declarations, 2 jumps, 2 rules: nothing else of ours.
-	if n := strings.Count(got, "IMDS-SHIM"); n != 6 {
-		t.Errorf("unexpected rules of ours after the crashes:\n%s", got)
+	// The planned rules and chain declarations: nothing else of ours.
+	if n := strings.Count(got4+got6, "IMDS-SHIM"); n != wantMarks {
+		t.Errorf("unexpected rules of ours after the crashes (%d marks, want %d):\n%s%s", n, wantMarks, got4, got6)
 	}
-	if s := iptablesSave(t, BackendLegacy); strings.Contains(s, "IMDS-SHIM") {
+	if s := iptablesSave(t, BackendLegacy) + xtablesSave(t, "ip6tables", BackendLegacy); strings.Contains(s, "IMDS-SHIM") {
 		t.Errorf("legacy holds our rules:\n%s", s)
 	}
 	if n := strings.Count(run(t, "ip", "-4", "addr", "show"), "169.254.169.254/32"); n != 1 {
@@ -861,11 +905,18 @@ func TestKernelDetectBackend(t *testing.T) {
 
 func TestKernelRenderIsRestoreInput(t *testing.T) {
 	nstest.RequireRootNetns(t)
+	cfg := Config{Containers: []string{"docker0"}, Target: netip.MustParseAddrPort("10.1.2.3:254")}
+	v4, v6, ok := strings.Cut(cfg.Render(), "# ip6tables-restore input\n")
+	if !ok {
+		t.Fatalf("Render has no ip6tables section:\n%s", cfg.Render())
+	}
 	for _, be := range backends {
-		cmd := exec.Command("iptables-"+be+"-restore", "--test", "--noflush")
-		cmd.Stdin = strings.NewReader(DefaultConfig().Render())
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("iptables-%s-restore --test rejects Render's output: %v\n%s", be, err, out)
+		for cmdName, input := range map[string]string{"iptables": v4, "ip6tables": v6} {
+			cmd := exec.Command(cmdName+"-"+be+"-restore", "--test", "--noflush")
+			cmd.Stdin = strings.NewReader(input)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("%s-%s-restore --test rejects Render's output: %v\n%s", cmdName, be, err, out)
+			}
 		}
 	}
 }
