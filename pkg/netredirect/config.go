@@ -41,6 +41,7 @@ const (
 	natChain       = ChainPrefix + "OUTPUT"     // nat OUTPUT: the host's own callers
 	preroutChain   = ChainPrefix + "PREROUTING" // nat PREROUTING: callers on Config.Containers bridges
 	fenceChain     = ChainPrefix + "INPUT"      // filter INPUT: nothing off the host reaches the endpoint or listener
+	arpChain       = ChainPrefix + "ARP"        // arptables INPUT: no ARP answers for the endpoint
 	oldFilterChain = ChainPrefix + "FORWARD"    // no longer planned; removed as stale where an older version left it
 )
 

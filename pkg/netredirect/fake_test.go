@@ -65,12 +65,32 @@ type fakeIPTables struct {
 	mu     sync.Mutex
 	legacy bool
 	v6     bool
+	arp    bool // arptables: its own built-in chains, specs stored as given (see canonical)
 	tables map[string]*fakeTable
 	faults *faults
 }
 
 func newFakeIPTables(legacy, v6 bool, f *faults) *fakeIPTables {
 	return &fakeIPTables{legacy: legacy, v6: v6, tables: map[string]*fakeTable{}, faults: f}
+}
+
+// builtins are the built-in chains of table in this fake.
+func (x *fakeIPTables) builtins(table string) []string {
+	if x.arp {
+		return []string{"INPUT", "OUTPUT"}
+	}
+	return builtinChains[table]
+}
+
+// canonical is canonical for iptables and ip6tables. arptables prints its
+// few options in an order of its own (target first); the fake stores them
+// as given, and TestKernelPlanIsWhatIptablesPrints holds the arptables plan
+// to what arptables prints.
+func (x *fakeIPTables) canonical(spec []string) ([]string, error) {
+	if x.arp {
+		return spec, nil
+	}
+	return canonical(spec, x.v6)
 }
 
 // canonical rewrites a rulespec the way the kernel stores it and `iptables
@@ -225,7 +245,7 @@ var _ iptablesAPI = (*fakeIPTables)(nil)
 func (x *fakeIPTables) table(name string) *fakeTable {
 	t, ok := x.tables[name]
 	if !ok {
-		t = &fakeTable{chains: slices.Clone(builtinChains[name]), rules: map[string][]string{}}
+		t = &fakeTable{chains: slices.Clone(x.builtins(name)), rules: map[string][]string{}}
 		x.tables[name] = t
 	}
 	return t
@@ -273,7 +293,7 @@ func (x *fakeIPTables) ClearAndDeleteChain(table, chain string) error {
 	if !t.has(chain) {
 		return nil // go-iptables checks ChainExists first
 	}
-	if slices.Contains(builtinChains[table], chain) {
+	if slices.Contains(x.builtins(table), chain) {
 		return &fakeIPTError{msg: "iptables: cannot delete built-in chain"}
 	}
 	for c, specs := range t.rules {
@@ -302,7 +322,7 @@ func (x *fakeIPTables) Insert(table, chain string, pos int, spec ...string) erro
 	if !t.has(chain) {
 		return notExist("iptables: No chain/target/match by that name.")
 	}
-	spec, err := canonical(spec, x.v6)
+	spec, err := x.canonical(spec)
 	if err != nil {
 		return &fakeIPTError{msg: err.Error()}
 	}
@@ -330,7 +350,7 @@ func (x *fakeIPTables) Delete(table, chain string, spec ...string) error {
 	if !t.has(chain) {
 		return notExist("iptables: No chain/target/match by that name.")
 	}
-	spec, err := canonical(spec, x.v6)
+	spec, err := x.canonical(spec)
 	if err != nil {
 		return &fakeIPTError{msg: err.Error()}
 	}
@@ -367,11 +387,11 @@ func (x *fakeIPTables) ListTable(table string) ([]string, error) {
 	case !ok && x.legacy:
 		t = x.table(table) // the kernel instantiates a legacy table on any access
 	case !ok:
-		t = &fakeTable{chains: builtinChains[table]} // nft lists without creating
+		t = &fakeTable{chains: x.builtins(table)} // nft lists without creating
 	}
 	var out []string
 	for _, c := range t.chains {
-		if slices.Contains(builtinChains[table], c) {
+		if slices.Contains(x.builtins(table), c) {
 			out = append(out, "-P "+c+" ACCEPT")
 		} else {
 			out = append(out, "-N "+c)
@@ -429,12 +449,12 @@ func (x *fakeIPTables) String() string {
 	sort.Strings(names)
 	for _, n := range names {
 		t := x.tables[n]
-		if len(t.chains) == len(builtinChains[n]) && len(slices.Concat(slices.Collect(maps.Values(t.rules))...)) == 0 {
+		if len(t.chains) == len(x.builtins(n)) && len(slices.Concat(slices.Collect(maps.Values(t.rules))...)) == 0 {
 			continue // like nft, a table once used stays with empty built-in chains: no trace of anyone
 		}
 		fmt.Fprintf(&b, "*%s\n", n)
 		for _, c := range t.chains {
-			if !slices.Contains(builtinChains[n], c) {
+			if !slices.Contains(x.builtins(n), c) {
 				fmt.Fprintf(&b, "-N %s\n", c)
 			}
 		}
@@ -760,6 +780,7 @@ type fakeHost struct {
 	links       *fakeLinks
 	ipt         map[string]*fakeIPTables // by backend; a missing key is "not installed"
 	ipt6        map[string]*fakeIPTables // ip6tables, by backend
+	arp         map[string]*fakeIPTables // arptables, by backend
 	ipv6        error                    // why IPv6 is unusable; nil: usable
 	alternative string
 	tick        chan time.Time
@@ -768,10 +789,15 @@ type fakeHost struct {
 func newFakeHost(dummy bool, backends ...string) *fakeHost {
 	f := &faults{}
 	h := &fakeHost{faults: f, links: newFakeLinks(dummy, f), ipt: map[string]*fakeIPTables{},
-		ipt6: map[string]*fakeIPTables{}, alternative: BackendNFT, tick: make(chan time.Time)}
+		ipt6: map[string]*fakeIPTables{}, arp: map[string]*fakeIPTables{}, alternative: BackendNFT, tick: make(chan time.Time)}
 	for _, b := range backends {
 		h.ipt[b] = newFakeIPTables(b == BackendLegacy, false, f)
 		h.ipt6[b] = newFakeIPTables(b == BackendLegacy, true, f)
+	}
+	// arptables-nft only, as Debian ships it by default.
+	if slices.Contains(backends, BackendNFT) {
+		h.arp[BackendNFT] = newFakeIPTables(false, false, f)
+		h.arp[BackendNFT].arp = true
 	}
 	return h
 }
@@ -789,8 +815,14 @@ func (h *fakeHost) system() system {
 			}
 			return nil, fmt.Errorf("finding iptables-%s: %w", b, errNoBackend)
 		},
-		mode:   func() (string, error) { return h.alternative, nil },
-		ipv6:   func(string) error { return h.ipv6 },
+		mode: func() (string, error) { return h.alternative, nil },
+		ipv6: func(string) error { return h.ipv6 },
+		arp: func(b string) (iptablesAPI, error) {
+			if x, ok := h.arp[b]; ok {
+				return x, nil
+			}
+			return nil, fmt.Errorf("finding arptables-%s: %w", b, errNoBackend)
+		},
 		ticker: func(time.Duration) (<-chan time.Time, func()) { return h.tick, func() {} },
 	}
 }
@@ -805,6 +837,9 @@ func (h *fakeHost) String() string {
 		}
 		if x, ok := h.ipt6[name]; ok && x.String() != "" {
 			fmt.Fprintf(&b, "# %s ip6\n%s", name, x)
+		}
+		if x, ok := h.arp[name]; ok && x.String() != "" {
+			fmt.Fprintf(&b, "# %s arp\n%s", name, x)
 		}
 	}
 	return b.String()

@@ -40,6 +40,7 @@ type system struct {
 	iptables func(backend string, v6 bool) (iptablesAPI, error) // wraps errNoBackend when not installed
 	mode     func() (string, error)                             // backend of the `iptables` alternative
 	ipv6     func(link string) error                            // nil when IPv6 can carry the endpoint on link
+	arp      func(backend string) (iptablesAPI, error)          // arptables; wraps errNoBackend when not installed
 	ticker   func(time.Duration) (<-chan time.Time, func())
 }
 
@@ -67,6 +68,7 @@ func hostSystem() system {
 		iptables: open,
 		mode:     iptablesMode,
 		ipv6:     ipv6Usable,
+		arp:      openARPTables,
 		ticker: func(d time.Duration) (<-chan time.Time, func()) {
 			t := time.NewTicker(d)
 			return t.C, t.Stop
@@ -88,6 +90,8 @@ type Redirector struct {
 	backend  string
 	ipt      iptablesAPI
 	ipt6     iptablesAPI // nil unless IPv6 is active
+	arpt     iptablesAPI // nil when arptables is not installed
+	arpBE    string      // the arptables backend in use
 	link     linkPlan
 	// changes is what the last Setup changed on the host; empty when it
 	// found everything in place.
@@ -139,15 +143,17 @@ func (r *Redirector) Setup(ctx context.Context) error {
 	if err == nil {
 		ipt6, err = r.chooseIPv6(backend, lp)
 	}
+	arpBE, arpt := r.chooseARP(backend)
 	if err == nil {
 		var more []string
-		more, err = r.ensure(ctx, ipt, ipt6, lp, j)
+		more, err = r.ensure(ctx, ipt, ipt6, arpt, lp, j)
 		changes = append(changes, more...)
 	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("setting up redirect: %w", err), j.rollback())
 	}
 	r.resolved, r.active, r.backend, r.ipt, r.ipt6, r.link = true, true, backend, ipt, ipt6, lp
+	r.arpt, r.arpBE = arpt, arpBE
 	if a := r.foreignAddr(); a != "" {
 		r.log.Warn("address already present without the imds-shim label; it is used and will be left in place",
 			"addr", r.cfg.prefix(), "link", lp.name, "label", a)
@@ -162,6 +168,30 @@ func (r *Redirector) Setup(ctx context.Context) error {
 		"link", lp.String(), "backend", backend, "changed", changes, "purged_other_backend", removed,
 		"duration", time.Since(start))
 	return nil
+}
+
+// chooseARP opens arptables, preferring the backend of iptables; without
+// arptables the host keeps answering ARP for the address on its other links
+// (the INPUT fence still drops what follows), which is said once.
+func (r *Redirector) chooseARP(backend string) (string, iptablesAPI) {
+	if r.resolved {
+		return r.arpBE, r.arpt
+	}
+	for _, b := range []string{backend, otherBackend(backend)} {
+		if a, err := r.sys.arp(b); err == nil {
+			return b, a
+		}
+	}
+	r.log.Warn("arptables is not installed: this host answers ARP for the endpoint address on every link; "+
+		"neighbours cannot connect (the INPUT fence drops it) but may send it their own metadata requests", "addr", r.cfg.Addr)
+	return "", nil
+}
+
+func otherBackend(b string) string {
+	if b == BackendLegacy {
+		return BackendNFT
+	}
+	return BackendLegacy
 }
 
 // chooseIPv6 opens ip6tables of backend when IPv6 is to be used on lp, or
@@ -235,7 +265,7 @@ func (r *Redirector) IPv6Active() bool {
 
 // ensure converges the addresses and the rules of both tables, for IPv4
 // and, when ipt6 is not nil, IPv6.
-func (r *Redirector) ensure(ctx context.Context, ipt, ipt6 iptablesAPI, lp linkPlan, j *journal) ([]string, error) {
+func (r *Redirector) ensure(ctx context.Context, ipt, ipt6, arpt iptablesAPI, lp linkPlan, j *journal) ([]string, error) {
 	changes, err := ensureAddr(r.sys.links, lp, r.cfg.prefix(), j)
 	if err != nil {
 		return changes, err
@@ -261,6 +291,17 @@ func (r *Redirector) ensure(ctx context.Context, ipt, ipt6 iptablesAPI, lp linkP
 			}
 			c, err := ensureTable(fam.ipt, t, rulesOf(plan, fam.v6), j)
 			changes = append(changes, prefixAll(fam.v6, c)...)
+			if err != nil {
+				return changes, err
+			}
+		}
+	}
+	if arpt != nil {
+		for _, t := range arpTables {
+			c, err := ensureTable(arpt, t, arpRules(plan), j)
+			for _, x := range c {
+				changes = append(changes, "arp "+x)
+			}
 			if err != nil {
 				return changes, err
 			}
@@ -313,6 +354,17 @@ func (r *Redirector) purgeOtherBackend() []string {
 			removed = append(removed, prefixAll(v6, rm)...)
 			if err != nil && (!v6 || r.ipt6 != nil) {
 				r.log.Warn("removing leftovers from the other iptables backend", "backend", other, "ipv6", v6, "err", err)
+			}
+		}
+	}
+	if r.arpt != nil {
+		if a, err := r.sys.arp(otherBackend(r.arpBE)); err == nil {
+			rm, err := removeOwned(a, "filter")
+			for _, x := range rm {
+				removed = append(removed, "arp "+x)
+			}
+			if err != nil {
+				r.log.Warn("removing leftovers from the other arptables backend", "err", err)
 			}
 		}
 	}
@@ -430,6 +482,13 @@ func (r *Redirector) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if r.arpt != nil {
+		rm, err := removeOwned(r.arpt, "filter")
+		for _, x := range rm {
+			removed = append(removed, "arp "+x)
+		}
+		errs = append(errs, err)
+	}
 	if l, err := r.sys.links.LinkByName(r.link.name); err == nil {
 		rm, err := delOwnedAddrs6(r.sys.links, l, r.cfg.prefix6())
 		removed = append(removed, rm...)
@@ -538,7 +597,7 @@ func (r *Redirector) reconcile(ctx context.Context, why string) {
 		r.mu.Unlock()
 		return
 	}
-	changes, err := r.ensure(ctx, r.ipt, r.ipt6, r.link, nil)
+	changes, err := r.ensure(ctx, r.ipt, r.ipt6, r.arpt, r.link, nil)
 	r.mu.Unlock()
 	for _, c := range changes {
 		r.log.Warn("repaired", "what", c, "trigger", why)
@@ -564,6 +623,7 @@ type Status struct {
 	IPv6Note     string
 	Addr6        netip.Prefix     // fd00:ec2::254/128
 	Addr6Present bool             // Addr6 is on Link (only meaningful with IPv6)
+	ARP          bool             // arptables is installed: the host does not answer ARP for Addr
 	Containers   []string         // bridges whose containers are redirected
 	Listeners    []netip.AddrPort // what the daemon listens on
 	Rules        []RuleStatus     // the planned rules, IPv6 ones only with IPv6
@@ -625,9 +685,15 @@ func (s Status) String() string {
 		ls[i] = l.String()
 	}
 	fmt.Fprintf(&b, "listeners: %s\n", strings.Join(ls, ", "))
+	if !s.ARP {
+		fmt.Fprintf(&b, "WARNING arptables is not installed: this host answers ARP for %s on every link\n", s.Addr.Addr())
+	}
 	for _, r := range s.Rules {
 		table := r.Rule.Table
-		if r.Rule.IPv6 {
+		switch {
+		case r.Rule.ARP:
+			table = "arp " + table
+		case r.Rule.IPv6:
 			table = "ip6 " + table
 		}
 		fmt.Fprintf(&b, "%s %s: %s\n", yes(r.Present), table, r.Rule)
@@ -738,6 +804,25 @@ func (r *Redirector) Status(ctx context.Context) (Status, error) {
 			}
 		}
 	}
+	arpt := r.arpt
+	if !r.resolved {
+		for _, b := range []string{backend, otherBackend(backend)} {
+			if a, err := r.sys.arp(b); err == nil {
+				arpt = a
+				break
+			}
+		}
+	}
+	s.ARP = arpt != nil
+	if arpt != nil {
+		st, err := listTable(arpt, "filter")
+		if err != nil {
+			return Status{}, fmt.Errorf("reading redirect status: %w", err)
+		}
+		for _, p := range arpRules(plan) {
+			s.Rules = append(s.Rules, RuleStatus{Rule: p, Present: slices.Contains(st.rules[p.Chain], joinArgs(p.Args))})
+		}
+	}
 	other := BackendLegacy
 	if backend == BackendLegacy {
 		other = BackendNFT
@@ -812,6 +897,17 @@ func cleanup(ctx context.Context, log *slog.Logger, sys system) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	for _, b := range []string{BackendNFT, BackendLegacy} {
+		a, err := sys.arp(b)
+		if err != nil {
+			continue
+		}
+		removed, err := removeOwned(a, "filter")
+		for _, x := range removed {
+			log.Info("leftover removed", "backend", "arptables-"+b, "what", x)
+		}
+		errs = append(errs, err)
 	}
 	links, err := sys.links.LinkList()
 	if err != nil {

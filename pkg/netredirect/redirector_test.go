@@ -85,6 +85,14 @@ func fakeRules(port, target string) (v4, v6 string) {
 }
 
 var defV4, defV6 = fakeRules("80", "127.0.0.1:8254")
+
+// arpBlock is what the fake arptables-nft holds after Setup.
+const arpBlock = `# nft arp
+*filter
+-N IMDS-SHIM-ARP
+-A INPUT -j IMDS-SHIM-ARP
+-A IMDS-SHIM-ARP -j DROP -d 169.254.169.254 --opcode 1
+`
 var altV4, altV6 = fakeRules("8080", "127.0.0.1:9000")
 
 func TestSetupStates(t *testing.T) {
@@ -106,7 +114,7 @@ link imds0 type dummy alias "imds-shim" up
   inet6 fd00:ec2::254/128 flags 0x2
 # nft
 ` + defV4 + `# nft ip6
-` + defV6 + `# legacy
+` + defV6 + arpBlock + `# legacy
 `,
 	}, {
 		name:  "auto link without dummy driver falls back to lo; alternative says legacy",
@@ -117,7 +125,7 @@ link imds0 type dummy alias "imds-shim" up
   inet 169.254.169.254/32 scope 254 label lo:imds
   inet6 fd00:ec2::254/128 flags 0x2
 # nft
-# legacy
+` + arpBlock + `# legacy
 ` + altV4 + `# legacy ip6
 ` + altV6,
 	}, {
@@ -130,7 +138,7 @@ link imds0 type dummy alias "imds-shim" up
   inet6 fd00:ec2::254/128 flags 0x2
 # nft
 ` + defV4 + `# nft ip6
-` + defV6,
+` + defV6 + arpBlock,
 	}, {
 		name:  "ipv6 auto on a host without IPv6: IPv4 only, no error",
 		dummy: false, backends: []string{BackendNFT}, ipv6: errors.New("no IPv6"),
@@ -139,7 +147,7 @@ link imds0 type dummy alias "imds-shim" up
   inet 127.0.0.1/8 scope 0 label lo
   inet 169.254.169.254/32 scope 254 label lo:imds
 # nft
-` + defV4,
+` + defV4 + arpBlock,
 	}, {
 		name:  "ipv6 false",
 		dummy: false, backends: []string{BackendNFT},
@@ -148,7 +156,7 @@ link imds0 type dummy alias "imds-shim" up
   inet 127.0.0.1/8 scope 0 label lo
   inet 169.254.169.254/32 scope 254 label lo:imds
 # nft
-` + defV4,
+` + defV4 + arpBlock,
 	}, {
 		name:  "containers: PREROUTING per bridge, fence accepts them to the listener",
 		dummy: false, backends: []string{BackendNFT},
@@ -189,7 +197,7 @@ link imds0 type dummy alias "imds-shim" up
 -A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
 -A IMDS-SHIM-PREROUTING -d fd00:ec2::254/128 -i docker0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
 -A IMDS-SHIM-PREROUTING -d fd00:ec2::254/128 -i podman0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
-`,
+` + arpBlock,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newFakeHost(tc.dummy, tc.backends...)
@@ -737,6 +745,8 @@ ok      ip6 nat: -A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
 ok      ip6 filter: -A IMDS-SHIM-INPUT ` + fenceLo + `
 ok      ip6 filter: -A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -m comment --comment imds-shim -j DROP
 ok      ip6 filter: -A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+ok      arp filter: -A IMDS-SHIM-ARP -j DROP -d 169.254.169.254 --opcode 1
+ok      arp filter: -A INPUT -j IMDS-SHIM-ARP
 STALE   nat: -A OUTPUT -j IMDS-SHIM-OUTPUT
 LEFTOVER legacy nat: -N IMDS-SHIM-OUTPUT
 `

@@ -11,6 +11,7 @@ import (
 // Rule is one iptables rule imds-shim installs.
 type Rule struct {
 	IPv6  bool   // an ip6tables rule
+	ARP   bool   // an arptables rule
 	Table string // "nat" or "filter"
 	Chain string // the chain the rule lives in
 	// Position is 1 for a jump inserted first in a built-in chain and 0 for
@@ -26,6 +27,9 @@ func (r Rule) String() string { return "-A " + r.Chain + " " + joinArgs(r.Args) 
 
 // Family is "iptables" or "ip6tables", the command that installs r.
 func (r Rule) Family() string {
+	if r.ARP {
+		return "arptables"
+	}
 	if r.IPv6 {
 		return "ip6tables"
 	}
@@ -55,7 +59,21 @@ func Plan(cfg Config) []Rule {
 	if cfg.IPv6 != IPv6False {
 		rules = append(rules, plan(cfg, true)...)
 	}
-	return rules
+	return append(rules, planARP(cfg)...)
+}
+
+// planARP keeps the host from answering ARP for Addr on any link:
+//
+//	arptables filter IMDS-SHIM-ARP  DROP requests for Addr
+//
+// Local callers never ARP for a local address, and containers reach it
+// through their gateway. arptables has no comment match: the chain's name
+// is the mark. The spec is as `arptables -S` prints it (opcode 1: Request).
+func planARP(cfg Config) []Rule {
+	return []Rule{
+		{ARP: true, Table: "filter", Chain: arpChain, Args: []string{"-j", "DROP", "-d", cfg.Addr.String(), "--opcode", "1"}},
+		{ARP: true, Table: "filter", Chain: "INPUT", Position: 1, Args: []string{"-j", arpChain}},
+	}
 }
 
 // plan returns the rules of one family:
@@ -109,12 +127,26 @@ func plan(cfg Config, v6 bool) []Rule {
 func rulesOf(plan []Rule, v6 bool) []Rule {
 	var out []Rule
 	for _, r := range plan {
-		if r.IPv6 == v6 {
+		if r.IPv6 == v6 && !r.ARP {
 			out = append(out, r)
 		}
 	}
 	return out
 }
+
+// arpRules returns the arptables rules of plan.
+func arpRules(plan []Rule) []Rule {
+	var out []Rule
+	for _, r := range plan {
+		if r.ARP {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// arpTables lists the arptables tables Plan uses.
+var arpTables = []string{"filter"}
 
 // tables lists the tables Plan uses, in order.
 var tables = []string{"nat", "filter"}
@@ -184,6 +216,7 @@ func (c Config) Render() string {
 	default:
 		fmt.Fprintf(&b, "# backend:  iptables-%s\n", c.Backend)
 	}
+	fmt.Fprintf(&b, "# arp:      requests for %s are dropped on every link (arptables, where installed)\n", c.Addr)
 	fmt.Fprintf(&b, "# repaired: on address removal and every %s\n", c.ReconcileInterval)
 	all := Plan(c)
 	for _, v6 := range []bool{false, true} {
@@ -192,13 +225,15 @@ func (c Config) Render() string {
 			continue
 		}
 		fmt.Fprintf(&b, "# %s-restore input\n", rules[0].Family())
-		renderRestore(&b, rules)
+		renderRestore(&b, rules, tables)
 	}
+	fmt.Fprintf(&b, "# arptables-restore input\n")
+	renderRestore(&b, arpRules(all), arpTables)
 	return b.String()
 }
 
 // renderRestore writes rules (of one family) as iptables-restore input.
-func renderRestore(b *strings.Builder, rules []Rule) {
+func renderRestore(b *strings.Builder, rules []Rule, tables []string) {
 	for _, t := range tables {
 		fmt.Fprintf(b, "*%s\n", t)
 		declared := map[string]bool{}
