@@ -93,6 +93,7 @@ const arpBlock = `# nft arp
 -A INPUT -j IMDS-SHIM-ARP
 -A IMDS-SHIM-ARP -j DROP -d 169.254.169.254 --opcode 1
 `
+
 var altV4, altV6 = fakeRules("8080", "127.0.0.1:9000")
 
 func TestSetupStates(t *testing.T) {
@@ -632,6 +633,19 @@ func TestRunRepairs(t *testing.T) {
 	var runErr error
 	wg.Go(func() { runErr = r.Run(ctx) })
 
+	// Steady state: several ticks on an intact host repair nothing. Run
+	// takes a tick only after the reconcile of the previous one, so the
+	// last send returns once the others are done.
+	for range 6 {
+		h.tick <- time.Now()
+	}
+	select {
+	case w := <-obs.ch:
+		t.Fatalf("steady state: Run repaired %q on an intact host", w)
+	default:
+	}
+	diffState(t, "after ticks on an intact host", want, h.String())
+
 	// The address is repaired on the netlink event alone, with no tick.
 	h.links.delAddr("imds0", "169.254.169.254/32")
 	waitRepairs(t, obs, "address 169.254.169.254/32 on imds0")
@@ -762,4 +776,44 @@ func mustLink(t *testing.T, h *fakeHost, name string) netlink.Link {
 		t.Fatal(err)
 	}
 	return l
+}
+
+func TestIPv6TrueWithoutIPv6FailsAndChangesNothing(t *testing.T) {
+	h := withCanaries(newFakeHost(true, BackendNFT))
+	h.ipv6 = errors.New("IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1)")
+	before := h.String()
+	err := newTestRedirector(t, h, Config{IPv6: IPv6True}, nil).Setup(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "disable_ipv6") {
+		t.Fatalf("Setup = %v, want an error saying IPv6 is disabled", err)
+	}
+	diffState(t, "after the refused Setup", before, h.String())
+}
+
+func TestContainersSetupTeardown(t *testing.T) {
+	h := withCanaries(newFakeHost(true, BackendNFT, BackendLegacy))
+	// An older version's FORWARD chain is a stale chain of ours.
+	h.ipt[BackendNFT].add("filter", oldFilterChain, "-d", "169.254.169.254/32", "-p", "tcp", "-m", "tcp", "--dport", "80", "-m", "comment", "--comment", Comment, "-j", "ACCEPT")
+	h.ipt[BackendNFT].add("filter", "FORWARD", "-m", "comment", "--comment", Comment, "-j", oldFilterChain)
+	cfg := Config{Containers: []string{"docker0"}, Target: netip.MustParseAddrPort("169.254.169.254:254")}
+	r := newTestRedirector(t, h, cfg, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.String(); strings.Contains(got, oldFilterChain) || !strings.Contains(got, "-A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i docker0") {
+		t.Errorf("after Setup:\n%s", got)
+	}
+	st, err := r.Status(t.Context())
+	if err != nil || !st.OK() || !st.ARP || !slices.Equal(st.Containers, []string{"docker0"}) {
+		t.Errorf("Status (err %v):\n%s", err, st)
+	}
+	if !strings.Contains(st.String(), "ok      nat: -A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i docker0") ||
+		!strings.Contains(st.String(), "ok      filter: -A IMDS-SHIM-INPUT -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 254") {
+		t.Errorf("status does not show the bridge rules and the fence:\n%s", st)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.String(); strings.Contains(got, ChainPrefix) || strings.Contains(got, "fd00:ec2::254") || strings.Contains(got, "imds0") {
+		t.Errorf("after Teardown:\n%s", got)
+	}
 }
