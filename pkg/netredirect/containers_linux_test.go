@@ -25,7 +25,12 @@ import (
 type childNS struct {
 	name string
 	pid  int
+	cmd  *exec.Cmd
 }
+
+// close ends the namespace's process (its links must be gone already:
+// the kernel dismantles a namespace asynchronously).
+func (n *childNS) close() { _ = n.cmd.Process.Kill(); _ = n.cmd.Wait() }
 
 // newChildNS starts a process in a new network namespace and returns once
 // it is there: the shell prints its line only after unshare switched.
@@ -39,11 +44,11 @@ func newChildNS(t *testing.T, name string) *childNS {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	n := &childNS{name: name, pid: cmd.Process.Pid, cmd: cmd}
+	t.Cleanup(n.close)
 	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
 		t.Fatalf("starting namespace %s: %q, %v", name, line, err)
 	}
-	n := &childNS{name: name, pid: cmd.Process.Pid}
 	n.run(t, "ip", "link", "set", "lo", "up")
 	return n
 }
@@ -72,14 +77,21 @@ func (n *childNS) curl(url string) (string, error) {
 //	h6up0 (10.66.9.1, fd66:9::1)  the uplink veth    <- h6nb (neighbour, .2)
 type topology struct{ c1, c2, nb *childNS }
 
+// destroy removes the links (deleting a veth end deletes its peer at once)
+// and then the namespaces, leaving the host as it was.
+func (tp topology) destroy() {
+	for _, l := range []string{"h6br0", "h6br1", "h6c1h", "h6c2h", "h6up0"} {
+		_ = exec.Command("ip", "link", "del", l).Run()
+	}
+	for _, n := range []*childNS{tp.c1, tp.c2, tp.nb} {
+		n.close()
+	}
+}
+
 func newTopology(t *testing.T) topology {
 	t.Helper()
 	tp := topology{c1: newChildNS(t, "h6c1"), c2: newChildNS(t, "h6c2"), nb: newChildNS(t, "h6nb")}
-	t.Cleanup(func() {
-		for _, l := range []string{"h6br0", "h6br1", "h6c1h", "h6c2h", "h6up0"} {
-			_ = exec.Command("ip", "link", "del", l).Run()
-		}
-	})
+	t.Cleanup(tp.destroy)
 	peer := func(host, child string, ns *childNS, hostAddrs []string, childAddrs []string, bridge string) {
 		run(t, "ip", "link", "add", host, "type", "veth", "peer", "name", child)
 		run(t, "ip", "link", "set", child, "netns", strconv.Itoa(ns.pid))
@@ -133,11 +145,11 @@ func addAddr(t *testing.T, ns *childNS, link, cidr string) {
 // port over IPv4 or IPv6, even routing the addresses via the host or with a
 // static neighbour entry, and cannot resolve 169.254.169.254 by ARP; after
 // Teardown, and after a crash and Cleanup, the state (rules, addresses,
-// links, sysctls) is what it was before.
+// links, sysctls) is what it was before. The bridges and containers appear
+// after Setup, as when Docker starts after imds-shim.
 func TestKernelContainersAndFence(t *testing.T) {
 	nstest.RequireRootNetns(t)
 	cleanHost(t)
-	tp := newTopology(t)
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
 			before := hostState(t)
@@ -156,6 +168,7 @@ func TestKernelContainersAndFence(t *testing.T) {
 			for _, l := range ls {
 				listenOn(t, l.String())
 			}
+			tp := newTopology(t)
 			want4 := "listener 169.254.169.254:254, path /latest/meta-data/"
 			want6 := "listener [fd00:ec2::254]:254, path /latest/meta-data/"
 			mustAnswer := func(ns *childNS, url, want string) {
@@ -217,8 +230,9 @@ func TestKernelContainersAndFence(t *testing.T) {
 			if err := r.Teardown(t.Context()); err != nil {
 				t.Fatal(err)
 			}
-			sameHost(t, "after Teardown", before)
 			mustNotAnswer(tp.c1, "http://169.254.169.254/")
+			tp.destroy()
+			sameHost(t, "after Teardown", before)
 
 			// A crash: everything left in place, then the next start's
 			// Cleanup.
