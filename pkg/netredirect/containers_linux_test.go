@@ -214,12 +214,21 @@ func TestKernelContainersAndFence(t *testing.T) {
 			} else {
 				t.Logf("neighbour's entry for 169.254.169.254 after a connection attempt: %q", strings.TrimSpace(n))
 			}
+			// On-link over IPv6: neighbour discovery answers only for
+			// addresses on the receiving link, so no entry resolves.
+			tp.nb.run(t, "ip", "-6", "route", "replace", "fd00:ec2::254/128", "dev", "eth0")
+			mustNotAnswer(tp.nb, "http://[fd00:ec2::254]/")
+			if n := tp.nb.run(t, "ip", "-6", "neigh", "show", "fd00:ec2::254", "dev", "eth0"); strings.Contains(n, "lladdr") {
+				t.Errorf("neighbour resolved fd00:ec2::254 by neighbour discovery: %q", n)
+			}
 			// With a static neighbour entry: the packets arrive, the fence
 			// drops them.
 			mac := hostMAC(t, "h6up0")
 			tp.nb.run(t, "ip", "neigh", "replace", "169.254.169.254", "lladdr", mac, "dev", "eth0", "nud", "permanent")
 			mustNotAnswer(tp.nb, "http://169.254.169.254/")
 			mustNotAnswer(tp.nb, "http://169.254.169.254:254/")
+			tp.nb.run(t, "ip", "-6", "neigh", "replace", "fd00:ec2::254", "lladdr", mac, "dev", "eth0", "nud", "permanent")
+			mustNotAnswer(tp.nb, "http://[fd00:ec2::254]:254/")
 			tp.nb.run(t, "ip", "neigh", "del", "169.254.169.254", "dev", "eth0")
 			tp.nb.run(t, "ip", "route", "del", "169.254.169.254/32")
 			tp.nb.run(t, "ip", "-6", "route", "del", "fd00:ec2::254/128")
