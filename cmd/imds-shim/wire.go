@@ -85,7 +85,7 @@ func readCapped(path string, limit int64) ([]byte, error) {
 func networkConfig(c *config.Config) netredirect.Config {
 	return netredirect.Config{
 		Link: c.Network.Link, Backend: c.Network.Backend, Target: c.IMDS.Listen,
-		ReconcileInterval: c.Network.ReconcileInterval.D(),
+		ReconcileInterval: c.Network.ReconcileInterval.D(), Containers: c.Network.Containers, IPv6: c.Network.IPv6,
 	}.WithDefaults()
 }
 

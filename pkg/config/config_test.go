@@ -167,6 +167,8 @@ func TestErrors(t *testing.T) {
 		{"network.reconcile_interval", minimal + "network: {reconcile_interval: 1ms}\n", []string{"network.reconcile_interval"}, "1s..1h"},
 		{"network.containers", minimal + "network: {containers: [docker0, 'a b', docker0]}\n", []string{"network.containers[1]", "network.containers[2]"}, "character"},
 		{"network.containers bound", minimal + "network:\n  " + strings.ReplaceAll(many("containers", 33, func(i int) string { return fmt.Sprintf("- br%d", i) }), "\n", "\n  "), []string{"network.containers"}, "at most 32"},
+		{"network.containers with a loopback listener", minimal + "imds: {listen: 127.0.0.1:254}\nnetwork: {containers: [docker0]}\n", []string{"imds.listen"}, "containers"},
+		{"network.containers lo", minimal + "network: {containers: [lo]}\n", []string{"network.containers[0]"}, "not a bridge"},
 		{"network.ipv6", minimal + "network: {ipv6: sometimes}\n", []string{"network.ipv6"}, "auto, true or false"},
 		{"log.level", minimal + "log: {level: loud}\n", []string{"log.level"}, "debug"},
 		{"log.format", minimal + "log: {format: xml}\n", []string{"log.format"}, "text or json"},

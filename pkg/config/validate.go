@@ -494,11 +494,18 @@ func (c *Config) validateNetwork(bad badFunc, check func(string) bool) {
 			key := fmt.Sprintf("network.containers[%d]", i)
 			if err := checkLinkName(b, 15); err != nil {
 				bad(key, "%v", err)
+			} else if b == "lo" {
+				bad(key, "lo is not a bridge; the host's own callers are always redirected")
 			} else if seen[b] {
 				bad(key, "%q is listed twice", b)
 			}
 			seen[b] = true
 		}
+	}
+	// Containers reach the listener through a PREROUTING DNAT, which
+	// cannot lead to 127.0.0.0/8 without route_localnet (never changed).
+	if len(n.Containers) > 0 && c.IMDS.Listen.Addr().IsLoopback() && check("imds.listen") {
+		bad("imds.listen", "%s is a loopback address, which containers (network.containers) cannot reach; use the default 169.254.169.254:254", c.IMDS.Listen)
 	}
 	switch n.IPv6 {
 	case "auto", "true", "false":
