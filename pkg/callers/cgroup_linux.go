@@ -1,0 +1,178 @@
+package callers
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Layout is how this host mounts cgroups, which decides what a socket's
+// cgroup id can tell.
+type Layout struct {
+	// Mode is "v2" (unified: /sys/fs/cgroup is cgroup2), "hybrid" (v1
+	// controllers plus systemd's cgroup2 mirror at /sys/fs/cgroup/unified) or
+	// "v1" (legacy: no cgroup2 mount).
+	Mode string
+	// Root is where the cgroup2 hierarchy is mounted; "" for v1.
+	Root string
+}
+
+// Units reports whether callers can be told apart by systemd unit here. On a
+// v1 host every socket reports the root cgroup, so only the uid is usable.
+func (l Layout) Units() bool { return l.Root != "" }
+
+// Describe says in a sentence what this layout allows, for `imds-shim check`.
+func (l Layout) Describe() string {
+	switch l.Mode {
+	case "v2":
+		return "cgroup v2 (" + l.Root + "): callers are matched by uid, group and systemd unit"
+	case "hybrid":
+		return "cgroup hybrid (systemd's cgroup2 mirror at " + l.Root + "): callers are matched by uid, group and systemd unit"
+	default:
+		return "cgroup v1 only (legacy): every socket reports the root cgroup, so callers are matched by uid and group only; `units` entries match nothing"
+	}
+}
+
+// The places systemd mounts the cgroup2 hierarchy.
+const (
+	cgroupV2Root     = "/sys/fs/cgroup"
+	cgroupHybridRoot = "/sys/fs/cgroup/unified"
+)
+
+// DetectLayout finds the cgroup2 hierarchy where systemd mounts it.
+func DetectLayout() Layout {
+	return detectLayout(cgroupV2Root, cgroupHybridRoot)
+}
+
+func detectLayout(v2, hybrid string) Layout {
+	if isCgroup2(v2) {
+		return Layout{Mode: "v2", Root: v2}
+	}
+	if isCgroup2(hybrid) {
+		return Layout{Mode: "hybrid", Root: hybrid}
+	}
+	return Layout{Mode: "v1"}
+}
+
+func isCgroup2(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// rootCgroupID is the id of a hierarchy's root cgroup (its directory's inode
+// number), which is also what every socket reports on a v1-only host.
+const rootCgroupID = 1
+
+// maxCgroups bounds the cgroup cache and each walk of the hierarchy. A
+// user's delegated subtree (user@UID.service) lets an unprivileged user
+// create cgroups; beyond this many the walk stops and callers in the cgroups
+// it did not reach are unidentified.
+const maxCgroups = 1 << 16
+
+// cgroupResolver maps cgroup ids to paths. A cgroup id is the inode number of
+// the cgroup's directory in the cgroup2 hierarchy, so a walk that stats every
+// directory builds the map (open_by_handle_at would find one directly, but it
+// needs CAP_DAC_READ_SEARCH and the unit's system-call filter blocks it). The
+// map is kept and walked again only on a miss: a restarted unit gets a new
+// cgroup, hence a new id. Walks are serialised; a caller that missed
+// re-checks the map after waiting, so one walk serves everyone who was
+// waiting for it.
+type cgroupResolver struct {
+	root string
+
+	walkMu sync.Mutex // held for a whole walk
+
+	mu    sync.RWMutex
+	paths map[uint64]string
+	walks int // for tests and metrics: how many walks ran
+}
+
+var errCgroupUnknown = errors.New("cgroup not found in the hierarchy")
+
+func (r *cgroupResolver) path(id uint64) (string, error) {
+	if id == rootCgroupID {
+		return "/", nil
+	}
+	if p, ok := r.cached(id); ok {
+		return p, nil
+	}
+	r.walkMu.Lock()
+	defer r.walkMu.Unlock()
+	if p, ok := r.cached(id); ok {
+		return p, nil // found by the walk this call waited for
+	}
+	paths, err := walkCgroups(r.root)
+	r.mu.Lock()
+	if err == nil || len(paths) > 0 {
+		r.paths = paths
+	}
+	r.walks++
+	r.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	if p, ok := paths[id]; ok {
+		return p, nil
+	}
+	return "", errCgroupUnknown
+}
+
+func (r *cgroupResolver) cached(id uint64) (string, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	p, ok := r.paths[id]
+	return p, ok
+}
+
+// walkCgroups maps the inode number of every directory under root to its
+// path relative to root ("/system.slice/backup.service"). Directories that
+// vanish during the walk (a unit stopping) are skipped.
+func walkCgroups(root string) (map[uint64]string, error) {
+	paths := make(map[uint64]string, 256)
+	errFull := errors.New("full")
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p != root && errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if p == root {
+				return err
+			}
+			return nil // unreadable subtree: its callers stay unidentified
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil
+		}
+		if len(paths) >= maxCgroups {
+			return errFull
+		}
+		rel := "/" + filepath.ToSlash(p[len(root):])
+		if p == root {
+			rel = "/"
+		} else {
+			rel = filepath.Clean(rel)
+		}
+		paths[st.Ino] = rel
+		return nil
+	})
+	if errors.Is(err, errFull) {
+		return paths, fmt.Errorf("walking %s: more than %d cgroups", root, maxCgroups)
+	}
+	if err != nil {
+		return paths, fmt.Errorf("walking %s: %w", root, err)
+	}
+	return paths, nil
+}
