@@ -96,23 +96,39 @@ func (c Caller) Key() string {
 }
 
 // Name is the most readable name of a caller: the unit, else the user name,
-// else "uid:N"; the source address for containers. It suits
-// sts:SourceIdentity (at most 64 characters of [\w+=,.@-]).
+// else "uid-N"; the source address for containers. It is made to fit
+// sts:SourceIdentity (2 to 64 characters of [A-Za-z0-9_+=,.@-]): other
+// characters become '-', and it is cut at 64.
 func (c Caller) Name() string {
+	var n string
 	switch c.Kind {
 	case Host:
-		if c.Unit != "" {
-			return c.Unit
+		switch {
+		case c.Unit != "":
+			n = c.Unit
+		case c.User != "":
+			n = c.User
+		default:
+			n = "uid-" + strconv.FormatUint(uint64(c.UID), 10)
 		}
-		if c.User != "" {
-			return c.User
-		}
-		return "uid-" + strconv.FormatUint(uint64(c.UID), 10)
 	case Source:
-		return c.Source.Addr().String()
+		n = c.Source.Addr().String()
 	default:
-		return "unidentified"
+		n = "unidentified"
 	}
+	b := []byte(n)
+	for i, r := range b {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.IndexByte("_+=,.@-", r) >= 0) {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	if len(b) < 2 {
+		b = append(b, '-')
+	}
+	return string(b)
 }
 
 // String is the audit form: "uid=1001 user=alice group=alice unit=backup.service

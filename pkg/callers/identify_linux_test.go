@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,7 +48,7 @@ type netEnv struct {
 	id       *Identifier
 }
 
-func setupNet(t *testing.T) *netEnv {
+func setupNet(t testing.TB) *netEnv {
 	t.Helper()
 	nstest.RequireRootNetns(t)
 	ln4, err := net.Listen("tcp4", "0.0.0.0:0")
@@ -281,32 +282,49 @@ func TestIdentifyCgroup(t *testing.T) {
 	}
 }
 
-// TestIdentifyClosed: a caller that closed before it was identified is
-// answered by the kernel with a stub carrying uid 0; it must not be root.
+// TestIdentifyClosed: a caller that closed before it was identified must not
+// be taken for anyone, least of all for root: the kernel answers for a
+// TIME_WAIT socket with a stub whose uid is 0.
 func TestIdentifyClosed(t *testing.T) {
 	e := setupNet(t)
+	p, err := NewPolicy([]Entry{{Role: "root", Users: []string{"0", "root"}}}, "", false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		name  string
-		abort bool // close with RST: the socket is gone, not a stub
-	}{{"fin", false}, {"rst", true}} {
+		name   string
+		script string
+		// timeWait: before identifying, the server closes its side too, so
+		// the caller's orphaned socket moves to TIME_WAIT (the uid-0 stub).
+		timeWait bool
+	}{
+		// The caller's socket lingers orphaned in FIN_WAIT: uid kept, inode 0.
+		{name: "orphan", script: `exec 3<>/dev/tcp/169.254.169.254/80`},
+		// SO_LINGER 0 resets the connection: the caller's socket is gone.
+		{name: "reset", script: `exec python3 -c 'import socket,struct; s=socket.create_connection(("169.254.169.254",80)); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii",1,0)); s.close()'`},
+		{name: "time_wait", script: `exec 3<>/dev/tcp/169.254.169.254/80`, timeWait: true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Run as nobody, so that an answer of uid 0 can only come from
 			// the stub.
-			script := `exec 3<>/dev/tcp/169.254.169.254/80`
-			if tc.abort {
-				// bash cannot set SO_LINGER; python can.
-				script = `exec python3 -c 'import socket,struct; s=socket.create_connection(("169.254.169.254",80)); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii",1,0)); s.close()'`
-			}
-			cmd := exec.Command("bash", "-c", script)
+			cmd := exec.Command("bash", "-c", tc.script)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 			runClient(t, cmd) // it has exited, so its socket is closed
-			c := wait(t, serveOne(t, e.ln4, e.id))
-			if c.Kind != Unidentified {
-				t.Fatalf("caller = %+v, want unidentified", c)
-			}
-			p, err := NewPolicy([]Entry{{Role: "root", Users: []string{"0", "root"}}}, "", false, false)
+			conn, err := e.ln4.Accept()
 			if err != nil {
 				t.Fatal(err)
+			}
+			defer conn.Close()
+			if tc.timeWait {
+				closeAndWait(t, conn.(*net.TCPConn))
+				a, err := e.id.diag.lookup(unix.AF_INET, mustAddrPort(conn.RemoteAddr()), netip.MustParseAddrPort("169.254.169.254:80"))
+				if err != nil || a.state != 6 || a.uid != 0 || a.inode != 0 || a.hasCgrp {
+					t.Fatalf("kernel answered %+v, %v: want the TIME_WAIT stub (uid 0, inode 0, no cgroup)", a, err)
+				}
+			}
+			c := e.id.Identify(conn)
+			if c.Kind != Unidentified {
+				t.Fatalf("caller = %+v, want unidentified", c)
 			}
 			if m := p.Match(c); m.OK {
 				t.Errorf("match = %+v, want no role", m)
@@ -314,6 +332,40 @@ func TestIdentifyClosed(t *testing.T) {
 			t.Logf("reason: %s", c.Reason)
 		})
 	}
+}
+
+// closeAndWait sends our FIN and waits until the caller has acknowledged it,
+// which it does on entering TIME_WAIT.
+func closeAndWait(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var state uint8
+		raw.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				state = ti.State
+			}
+		})
+		if state == 7 { // TCP_CLOSE: LAST_ACK got its ACK
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connection still in TCP state %d", state)
+		}
+		runtime.Gosched()
+	}
+}
+
+func mustAddrPort(a net.Addr) netip.AddrPort {
+	ap, _ := addrPort(a)
+	return ap
 }
 
 // TestIdentifyDualStack: an AF_INET6 socket connected to ::ffff:169.254.169.254
@@ -340,6 +392,13 @@ func TestIdentifyDualStack(t *testing.T) {
 	}
 	if uint64(c.Inode) != st.Ino {
 		t.Errorf("inode %d, want the client socket's %d", c.Inode, st.Ino)
+	}
+	// Some kernels find such a socket only when asked as AF_INET6 with
+	// ::ffff:-mapped addresses, which Identify falls back to; that query must
+	// find it too.
+	a, err := e.id.diag.lookup(unix.AF_INET6, c.Source, netip.MustParseAddrPort("169.254.169.254:80"))
+	if err != nil || uint64(a.inode) != st.Ino || a.family != unix.AF_INET6 {
+		t.Errorf("AF_INET6 mapped lookup: %+v, %v; want inode %d", a, err, st.Ino)
 	}
 }
 

@@ -138,11 +138,14 @@ func parseID(s string) (uint32, bool) {
 }
 
 // validateName accepts what /etc/passwd and /etc/group can hold as a name:
-// not empty, not numeric-looking garbage, no ':' (the field separator), no
-// whitespace or control characters.
+// not empty, not all digits (that is an id, and this one is out of range),
+// no ':' (the field separator), no whitespace or control characters.
 func validateName(s string) error {
 	if s == "" {
 		return errors.New("empty")
+	}
+	if strings.Trim(s, "0123456789") == "" {
+		return errors.New("ids range from 0 to 4294967294")
 	}
 	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == ':' || r == 0x7f || r == ',' }) {
 		return errors.New("contains ':', ',', whitespace or a control character")
