@@ -84,7 +84,9 @@ func TestPolicyMatch(t *testing.T) {
 		{Role: "foo", Units: []string{"foo@.service"}},
 		{Role: "web", Users: []string{"www-data", "1001"}, Groups: []string{"web"}},
 		{Role: "dyn", Users: []string{"61234"}},
-		{Role: "nogroup", Groups: []string{"4242"}}, // a gid nobody without passwd entry can claim
+		// A uid without a passwd entry has no primary group; it must not
+		// look like gid 0.
+		{Role: "rootgroup", Groups: []string{"0"}},
 		{Role: "ci", Sources: []netip.Prefix{netip.MustParsePrefix("172.17.0.0/16")}},
 		{Role: "users", Units: []string{"user.slice"}},
 		// Host callers never match sources, even all of them.
@@ -106,7 +108,7 @@ func TestPolicyMatch(t *testing.T) {
 		{name: "dynamic user by uid", caller: dynamic, want: Match{OK: true, Role: "dyn", Entry: 3}},
 		{name: "gid needs a passwd entry", caller: nameless, want: Match{Entry: -1}},
 		{name: "slice", caller: bob, want: Match{OK: true, Role: "users", Entry: 6}},
-		{name: "root shell matches user.slice", caller: rootShell, want: Match{OK: true, Role: "users", Entry: 6}},
+		{name: "root shell by group", caller: rootShell, want: Match{OK: true, Role: "rootgroup", Entry: 4}},
 		{name: "container", caller: container, want: Match{OK: true, Role: "ci", Entry: 5}},
 		{name: "mapped container", caller: mappedCtr, want: Match{OK: true, Role: "ci", Entry: 5}},
 		{name: "other container", caller: otherCtr, want: Match{OK: true, Role: "everything", Entry: 7}},
