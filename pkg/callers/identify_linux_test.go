@@ -461,3 +461,40 @@ func TestIdentifyOtherNetns(t *testing.T) {
 		t.Errorf("match = %+v, want ci", m)
 	}
 }
+
+// TestIdentifyConcurrent: listeners identify at the same time; each request
+// must get its own answer.
+func TestIdentifyConcurrent(t *testing.T) {
+	e := setupNet(t)
+	client, err := net.Dial("tcp4", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := e.ln4.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	want := e.id.Identify(conn)
+	if want.Kind != Host {
+		t.Fatalf("caller = %+v", want)
+	}
+	errs := make(chan string, 8)
+	for range 8 {
+		go func() {
+			for range 200 {
+				if c := e.id.Identify(conn); c.Kind != Host || c.Cookie != want.Cookie || c.Inode != want.Inode {
+					errs <- c.String()
+					return
+				}
+			}
+			errs <- ""
+		}()
+	}
+	for range 8 {
+		if s := <-errs; s != "" {
+			t.Errorf("concurrent Identify gave %s, want %s", s, want)
+		}
+	}
+}
