@@ -2,8 +2,14 @@ package callers
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
+
+	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
 )
 
 // BenchmarkIdentify measures Identify on one accepted connection that came
@@ -61,4 +67,38 @@ func benchIdentify(b *testing.B, n int) {
 		e.id.Identify(conn)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "µs/op")
+}
+
+// BenchmarkCgroupWalk measures the walk a cgroup cache miss costs, over this
+// host's hierarchy plus n extra cgroups.
+func BenchmarkCgroupWalk(b *testing.B) {
+	l := DetectLayout()
+	if l.Root == "" {
+		b.Skip("no cgroup2 hierarchy")
+	}
+	nstest.RequireRootNetns(b)
+	for _, n := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("extra=%d", n), func(b *testing.B) {
+			top := filepath.Join(l.Root, fmt.Sprintf("imds-shim-h3bench-%08x", rand.Uint32()))
+			if err := os.Mkdir(top, 0o755); err != nil {
+				b.Fatal(err)
+			}
+			defer os.Remove(top)
+			for i := range n {
+				d := filepath.Join(top, strconv.Itoa(i))
+				if err := os.Mkdir(d, 0o755); err != nil {
+					b.Fatal(err)
+				}
+				defer os.Remove(d)
+			}
+			var paths map[uint64]string
+			for b.Loop() {
+				var err error
+				if paths, err = walkCgroups(l.Root); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(paths)), "cgroups")
+		})
+	}
 }
