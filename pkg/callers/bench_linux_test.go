@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,4 +102,23 @@ func BenchmarkCgroupWalk(b *testing.B) {
 			b.ReportMetric(float64(len(paths)), "cgroups")
 		})
 	}
+}
+
+// BenchmarkIdentifySource measures a caller from another network namespace:
+// its socket is not found, and a route lookup finds its address not local.
+func BenchmarkIdentifySource(b *testing.B) {
+	e := setupNet(b)
+	run(b, "ip", "link", "add", "h3bench0", "type", "veth", "peer", "name", "h3bench1")
+	defer run(b, "ip", "link", "del", "h3bench0")
+	run(b, "ip", "addr", "add", "10.213.1.1/24", "dev", "h3bench0")
+	run(b, "ip", "link", "set", "h3bench0", "up")
+	remote := netip.MustParseAddrPort("10.213.1.2:41000")
+	dst := netip.MustParseAddrPort("169.254.169.254:80")
+	if c := e.id.identify(remote, dst); c.Kind != Source {
+		b.Fatalf("caller = %+v", c)
+	}
+	for b.Loop() {
+		e.id.identify(remote, dst)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "µs/op")
 }

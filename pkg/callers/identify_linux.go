@@ -115,7 +115,12 @@ func (id *Identifier) identify(remote, dst netip.AddrPort) Caller {
 	}
 	a, err := id.diag.lookup(family, remote, dst)
 	if errors.Is(err, errNotFound) && family == unix.AF_INET {
-		// A dual-stack AF_INET6 socket connected to a v4 address.
+		// A dual-stack AF_INET6 socket connected to a v4 address. Asked
+		// before deciding the caller is in another namespace, even though
+		// that costs containers a round trip: a host user may bind
+		// (IP_FREEBIND needs no privilege) a container's address, and
+		// must then be found as the host user it is, not taken for that
+		// container.
 		a, err = id.diag.lookup(unix.AF_INET6, remote, dst)
 	}
 	switch {
