@@ -129,20 +129,6 @@ func wait(t *testing.T, ch <-chan Caller) Caller {
 	return Caller{}
 }
 
-func selfCgroup(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for l := range strings.Lines(string(b)) {
-		if p, ok := strings.CutPrefix(strings.TrimSpace(l), "0::"); ok {
-			return p
-		}
-	}
-	return ""
-}
-
 func TestIdentifyRoot(t *testing.T) {
 	e := setupNet(t)
 	if !e.id.Layout().Units() {
@@ -164,7 +150,7 @@ func TestIdentifyRoot(t *testing.T) {
 			if c.Kind != Host || c.UID != 0 || c.User != "root" || !c.HasGID || c.GID != 0 || c.Group != "root" {
 				t.Fatalf("caller = %+v, want host uid 0 (root:root)", c)
 			}
-			if want := selfCgroup(t); c.Cgroup != want {
+			if want := selfCgroup(); c.Cgroup != want {
 				t.Errorf("cgroup = %q, want the test's own %q", c.Cgroup, want)
 			}
 			if c.Inode == 0 || c.Cookie == 0 {
@@ -498,3 +484,28 @@ func TestIdentifyConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestSelfTestAndContext(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	id := NewIdentifier()
+	defer id.Close()
+	c, err := id.SelfTest()
+	if err != nil {
+		t.Fatalf("SelfTest: %v (caller %v)", err, c)
+	}
+	if c.UID != 0 || c.Cgroup != selfCgroup() {
+		t.Errorf("SelfTest saw %v", c)
+	}
+	ctx := id.ConnContext(t.Context(), fakeConn{})
+	if got, ok := FromContext(ctx); !ok || got.Kind != Unidentified || got.Reason != "not a TCP connection" {
+		t.Errorf("FromContext = %+v, %v", got, ok)
+	}
+	if got, ok := FromContext(t.Context()); ok || got.Kind != Unidentified {
+		t.Errorf("FromContext of a bare context = %+v, %v", got, ok)
+	}
+}
+
+// fakeConn is a connection that is not TCP (a unix socket would be one).
+type fakeConn struct{ net.Conn }
+
+func (fakeConn) RemoteAddr() net.Addr { return &net.UnixAddr{Name: "@x", Net: "unix"} }
