@@ -509,3 +509,25 @@ func TestSelfTestAndContext(t *testing.T) {
 type fakeConn struct{ net.Conn }
 
 func (fakeConn) RemoteAddr() net.Addr { return &net.UnixAddr{Name: "@x", Net: "unix"} }
+
+// TestIdentifyDualStackListener: a listener on [::] accepts the IPv4 DNAT's
+// connections as ::ffff:-mapped; the original destination is read with the
+// IPv4 option on its AF_INET6 socket.
+func TestIdentifyDualStackListener(t *testing.T) {
+	e := setupNet(t)
+	ln, err := net.Listen("tcp", fmt.Sprintf("[::]:%d", e.port+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rule := []string{"-t", "nat", "OUTPUT", "-d", "169.254.169.254/32", "-p", "tcp", "--dport", "81",
+		"-j", "DNAT", "--to-destination", fmt.Sprintf("127.0.0.1:%d", e.port+1)}
+	run(t, "iptables", slices.Insert(slices.Clone(rule), 2, "-A")...)
+	defer run(t, "iptables", slices.Insert(slices.Clone(rule), 2, "-D")...)
+	ch := serveOne(t, ln, e.id)
+	runClient(t, curlCmd("http://169.254.169.254:81/"))
+	c := wait(t, ch)
+	if c.Kind != Host || c.UID != 0 || c.Source.Addr() != netip.MustParseAddr("169.254.169.254") {
+		t.Fatalf("caller = %+v, want host uid 0 from 169.254.169.254", c)
+	}
+}
