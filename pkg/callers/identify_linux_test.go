@@ -176,7 +176,7 @@ func TestIdentifyNobody(t *testing.T) {
 	p, err := NewPolicy([]Entry{
 		{Role: "admin", Users: []string{"root"}},
 		{Role: "nobody", Users: []string{"nobody"}},
-	}, "", false, false)
+	}, Default{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestIdentifyCgroup(t *testing.T) {
 	tag := fmt.Sprintf("imds-shim-h3test-%08x", rand.Uint32())
 	p, err := NewPolicy([]Entry{
 		{Role: "root", Users: []string{"0"}, Units: []string{"other.service"}},
-	}, "", false, false)
+	}, Default{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestIdentifyCgroup(t *testing.T) {
 			q, err := NewPolicy([]Entry{
 				{Role: "by-user", Users: []string{"root"}},
 				{Role: "by-slice", Units: []string{tag + ".slice"}},
-			}, "", false, false)
+			}, Default{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -273,7 +273,7 @@ func TestIdentifyCgroup(t *testing.T) {
 // TIME_WAIT socket with a stub whose uid is 0.
 func TestIdentifyClosed(t *testing.T) {
 	e := setupNet(t)
-	p, err := NewPolicy([]Entry{{Role: "root", Users: []string{"0", "root"}}}, "", false, false)
+	p, err := NewPolicy([]Entry{{Role: "root", Users: []string{"0", "root"}}}, Default{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +439,7 @@ func TestIdentifyOtherNetns(t *testing.T) {
 	p, err := NewPolicy([]Entry{
 		{Role: "root", Users: []string{"0", "root"}, Groups: []string{"0"}},
 		{Role: "ci", Sources: []netip.Prefix{netip.MustParsePrefix("10.213.0.0/24")}},
-	}, "host", true, false)
+	}, Default{Role: "host"})
 	if err != nil {
 		t.Fatal(err)
 	}

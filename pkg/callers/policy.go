@@ -73,13 +73,20 @@ type PolicyError struct {
 func (e *PolicyError) Error() string { return e.Path + ": " + e.Err.Error() }
 func (e *PolicyError) Unwrap() error { return e.Err }
 
-// NewPolicy checks entries and builds a Policy. defaultRole is the role of
-// callers that match no entry; hasDefault false means they get none.
-// unidentifiedDefault gives that role to unidentified callers too (the
-// configuration's `unidentified: default`). Every problem is reported, each
-// as a *PolicyError, joined.
-func NewPolicy(entries []Entry, defaultRole string, hasDefault, unidentifiedDefault bool) (*Policy, error) {
-	p := &Policy{def: defaultRole, hasDef: hasDefault, unidDef: unidentifiedDefault && hasDefault}
+// Default is the role of callers that match no entry: the configuration's
+// top-level role.
+type Default struct {
+	// Role is that role; "" means there is none and such callers get no role.
+	Role string
+	// Unidentified gives Role to unidentified callers too (the
+	// configuration's `unidentified: default`); by default they get none.
+	Unidentified bool
+}
+
+// NewPolicy checks entries and builds a Policy. Every problem is reported,
+// each as a *PolicyError, joined.
+func NewPolicy(entries []Entry, def Default) (*Policy, error) {
+	p := &Policy{def: def.Role, hasDef: def.Role != "", unidDef: def.Unidentified && def.Role != ""}
 	var errs []error
 	bad := func(path string, err error) { errs = append(errs, &PolicyError{Path: path, Err: err}) }
 	for i, in := range entries {

@@ -93,11 +93,10 @@ func TestPolicyMatch(t *testing.T) {
 		{Role: "everything", Sources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}},
 	}
 	for _, tc := range []struct {
-		name          string
-		def           string
-		hasDef, unDef bool
-		caller        Caller
-		want          Match
+		name   string
+		def    Default
+		caller Caller
+		want   Match
 	}{
 		{name: "unit", caller: backupSvc, want: Match{OK: true, Role: "backup", Entry: 0}},
 		{name: "template instance", caller: fooInst, want: Match{OK: true, Role: "foo", Entry: 1}},
@@ -113,13 +112,13 @@ func TestPolicyMatch(t *testing.T) {
 		{name: "mapped container", caller: mappedCtr, want: Match{OK: true, Role: "ci", Entry: 5}},
 		{name: "other container", caller: otherCtr, want: Match{OK: true, Role: "everything", Entry: 7}},
 		{name: "unidentified no default", caller: closed, want: Match{Entry: -1}},
-		{name: "unidentified default not set", hasDef: true, def: "host", caller: closed, want: Match{Entry: -1}},
-		{name: "unidentified default", hasDef: true, unDef: true, def: "host", caller: closed, want: Match{OK: true, Role: "host", Entry: -1}},
-		{name: "unidentified: default without a default", unDef: true, caller: closed, want: Match{Entry: -1}},
-		{name: "unmatched gets default", hasDef: true, def: "host", caller: nameless, want: Match{OK: true, Role: "host", Entry: -1}},
+		{name: "unidentified default not set", def: Default{Role: "host"}, caller: closed, want: Match{Entry: -1}},
+		{name: "unidentified default", def: Default{Role: "host", Unidentified: true}, caller: closed, want: Match{OK: true, Role: "host", Entry: -1}},
+		{name: "unidentified: default without a default", def: Default{Unidentified: true}, caller: closed, want: Match{Entry: -1}},
+		{name: "unmatched gets default", def: Default{Role: "host"}, caller: nameless, want: Match{OK: true, Role: "host", Entry: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := NewPolicy(entries, tc.def, tc.hasDef, tc.unDef)
+			p, err := NewPolicy(entries, tc.def)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,7 +135,7 @@ func TestPolicyContainerNeverHost(t *testing.T) {
 	p, err := NewPolicy([]Entry{
 		{Role: "root", Users: []string{"0", "root"}, Groups: []string{"0", "root"}},
 		{Role: "all-units", Units: []string{"system.slice", "user.slice", "-.slice"}},
-	}, "", false, false)
+	}, Default{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +152,7 @@ func TestNewPolicyErrors(t *testing.T) {
 		{Role: "b", Units: []string{"backup", "ok.service"}, Users: []string{"", "a:b", "1001"}, Groups: []string{"x y", "web"}},
 		{Role: "c", Sources: []netip.Prefix{{}}},
 		{Role: "d", Users: []string{"4294967295"}},
-	}, "", false, false)
+	}, Default{})
 	var paths []string
 	for _, e := range joined(err) {
 		var pe *PolicyError
