@@ -95,7 +95,7 @@ func BenchmarkCgroupWalk(b *testing.B) {
 			var paths map[uint64]string
 			for b.Loop() {
 				var err error
-				if paths, err = walkCgroups(l.Root); err != nil {
+				if paths, err = walkCgroups(l.Root, true); err != nil {
 					b.Fatal(err)
 				}
 			}

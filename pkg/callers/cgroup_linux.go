@@ -74,21 +74,31 @@ const rootCgroupID = 1
 const maxCgroups = 1 << 16
 
 // cgroupResolver maps cgroup ids to paths. A cgroup id is the inode number of
-// the cgroup's directory in the cgroup2 hierarchy, so a walk that stats every
+// the cgroup's directory in the cgroup2 hierarchy, so a walk that reads every
 // directory builds the map (open_by_handle_at would find one directly, but it
 // needs CAP_DAC_READ_SEARCH and the unit's system-call filter blocks it). The
 // map is kept and walked again only on a miss: a restarted unit gets a new
-// cgroup, hence a new id. Walks are serialised; a caller that missed
-// re-checks the map after waiting, so one walk serves everyone who was
-// waiting for it.
+// cgroup, hence a new id.
+//
+// Walks come in two depths, because part of the tree belongs to users. Below
+// a unit (user@UID.service, a Delegate=yes service) whoever runs in it may
+// create cgroups, as many as they like, and each new one a caller connects
+// from is a miss. So a miss first walks only down to the units (slices and
+// units: the system manager's tree, cheap and out of users' reach), which
+// finds every system unit and container scope, restarted or not; only an id
+// that is not there is looked for in the units' subtrees. The two walks have
+// separate locks: a user who forces deep walks one after another delays only
+// callers that live deep in some unit's subtree, never a restarted service.
+// Each walk is serialised with others of its depth, and a caller that missed
+// re-checks the maps after waiting, so one walk serves everyone who waited.
 type cgroupResolver struct {
 	root string
 
-	walkMu sync.Mutex // held for a whole walk
+	shallowMu, deepMu sync.Mutex // each held for a whole walk of its depth
 
-	mu    sync.RWMutex
-	paths map[uint64]string
-	walks int // for tests and metrics: how many walks ran
+	mu                  sync.RWMutex
+	shallow, deep       map[uint64]string
+	shallowWks, deepWks int // walks run, for tests
 }
 
 var errCgroupUnknown = errors.New("cgroup not found in the hierarchy")
@@ -100,23 +110,42 @@ func (r *cgroupResolver) path(id uint64) (string, error) {
 	if p, ok := r.cached(id); ok {
 		return p, nil
 	}
-	r.walkMu.Lock()
-	defer r.walkMu.Unlock()
+	if p, err := r.walk(id, false); err == nil {
+		return p, nil
+	}
+	return r.walk(id, true)
+}
+
+func (r *cgroupResolver) walk(id uint64, deep bool) (string, error) {
+	mu := &r.shallowMu
+	if deep {
+		mu = &r.deepMu
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	if p, ok := r.cached(id); ok {
 		return p, nil // found by the walk this call waited for
 	}
-	paths, err := walkCgroups(r.root)
+	paths, err := walkCgroups(r.root, deep)
 	r.mu.Lock()
 	if err == nil || len(paths) > 0 {
-		r.paths = paths
+		if deep {
+			r.deep = paths
+		} else {
+			r.shallow = paths
+		}
 	}
-	r.walks++
+	if deep {
+		r.deepWks++
+	} else {
+		r.shallowWks++
+	}
 	r.mu.Unlock()
-	if err != nil {
-		return "", err
-	}
 	if p, ok := paths[id]; ok {
 		return p, nil
+	}
+	if err != nil {
+		return "", err
 	}
 	return "", errCgroupUnknown
 }
@@ -124,7 +153,10 @@ func (r *cgroupResolver) path(id uint64) (string, error) {
 func (r *cgroupResolver) cached(id uint64) (string, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	p, ok := r.paths[id]
+	if p, ok := r.shallow[id]; ok {
+		return p, true
+	}
+	p, ok := r.deep[id]
 	return p, ok
 }
 
@@ -136,7 +168,10 @@ func (r *cgroupResolver) cached(id uint64) (string, bool) {
 // under load here).
 // Directories that vanish during the walk (a unit stopping) are skipped, and
 // so are unreadable ones: callers in them stay unidentified.
-func walkCgroups(root string) (map[uint64]string, error) {
+//
+// A shallow walk does not descend into units (*.service, *.scope): see
+// cgroupResolver.
+func walkCgroups(root string, deep bool) (map[uint64]string, error) {
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("walking %s: %w", root, err)
@@ -186,10 +221,16 @@ func walkCgroups(root string) (map[uint64]string, error) {
 				}
 				p := rel + "/" + string(name)
 				paths[ino] = p
-				stack = append(stack, p)
+				if deep || !isUnitName(name) {
+					stack = append(stack, p)
+				}
 			}
 		}
 		unix.Close(fd)
 	}
 	return paths, nil
+}
+
+func isUnitName(name []byte) bool {
+	return bytes.HasSuffix(name, []byte(".service")) || bytes.HasSuffix(name, []byte(".scope"))
 }

@@ -9,8 +9,10 @@ package callers
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -197,7 +199,7 @@ func makeCgroup(t *testing.T, root, dir string) (int, uint64) {
 		// Innermost first; the client has been waited for, so the cgroup
 		// is empty.
 		for d := full; d != root && d != "/"; d = filepath.Dir(d) {
-			if err := os.Remove(d); err != nil {
+			if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.EBUSY) {
 				t.Errorf("removing test cgroup: %v", err)
 			}
 		}
@@ -227,14 +229,19 @@ func TestIdentifyCgroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A plain cgroup, then a systemd-shaped one created after the first was
-	// resolved: the second is a cache miss that walks the hierarchy again.
+	// Each cgroup is created after the one before was resolved, so each is
+	// a cache miss. Those outside units' subtrees are found by the shallow
+	// walk alone; only the one inside a unit needs the deep walk.
+	svc := tag + ".slice/" + tag + "-x.service"
 	for _, tc := range []struct {
-		dir, unit string
-		slices    []string
+		dir, unit           string
+		slices              []string
+		shallowWks, deepWks int
 	}{
-		{dir: tag},
-		{dir: tag + ".slice/" + tag + "-x.service", unit: tag + "-x.service", slices: []string{tag + ".slice"}},
+		{dir: tag, shallowWks: 1},
+		{dir: svc, unit: tag + "-x.service", slices: []string{tag + ".slice"}, shallowWks: 2},
+		{dir: svc + "/sub", unit: tag + "-x.service", slices: []string{tag + ".slice"}, shallowWks: 3, deepWks: 1},
+		{dir: tag + ".slice/" + tag + "-y.service", unit: tag + "-y.service", slices: []string{tag + ".slice"}, shallowWks: 4, deepWks: 1},
 	} {
 		fd, cgid := makeCgroup(t, root, tc.dir)
 		ch := serveOne(t, e.ln4, e.id)
@@ -264,6 +271,10 @@ func TestIdentifyCgroup(t *testing.T) {
 		}
 		if m := p.Match(c); m.OK {
 			t.Errorf("match = %+v, want no role", m)
+		}
+		r := e.id.cgroups
+		if r.shallowWks != tc.shallowWks || r.deepWks != tc.deepWks {
+			t.Errorf("%s: %d shallow and %d deep walks so far, want %d and %d", tc.dir, r.shallowWks, r.deepWks, tc.shallowWks, tc.deepWks)
 		}
 	}
 }
