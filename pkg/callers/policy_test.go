@@ -211,3 +211,23 @@ func TestCallerKeyAndString(t *testing.T) {
 		t.Errorf("keys differ by port: %q %q", a.Key(), b.Key())
 	}
 }
+
+func TestPolicyUnresolved(t *testing.T) {
+	p, err := NewPolicy([]Entry{
+		{Role: "a", Users: []string{"root", "imds-shim-no-such-user", "61234"}, Groups: []string{"root", "imds-shim-no-such-group", "4242"}},
+		{Role: "b", Units: []string{"backup.service"}},
+	}, Default{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, u := range p.Unresolved() {
+		paths = append(paths, strings.SplitN(u, ":", 2)[0])
+	}
+	if diff := cmp.Diff([]string{"roles[0].users[1]", "roles[0].groups[1]"}, paths); diff != "" {
+		t.Errorf("Unresolved (-want +got):\n%s\n%q", diff, p.Unresolved())
+	}
+	if !p.UsesUnits() {
+		t.Error("UsesUnits = false with a units entry")
+	}
+}
