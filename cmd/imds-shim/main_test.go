@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
+	"github.com/imds-shim/imds-shim/pkg/daemon"
 )
 
 func TestCLI(t *testing.T) {
@@ -102,7 +102,7 @@ func TestMetricsObserver(t *testing.T) {
 	}
 	m.ConnectionOpened()
 	m.ConnectionOpened()
-	m.ConnectionClosed(httpserver.ClosedIdleTimeout)
+	m.ConnectionClosed(daemon.ClosedIdleTimeout)
 	if got := testutil.ToFloat64(m.conns); got != 1 {
 		t.Errorf("open connections = %v, want 1", got)
 	}

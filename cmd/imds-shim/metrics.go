@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imds-shim/imds-shim/pkg/daemon"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // metrics implements the observers of pkg/imds, pkg/credentials and
@@ -66,10 +65,9 @@ func newMetrics(version string) *metrics {
 	m.connsClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "imds_shim_connections_closed_total",
 		Help: "Metadata connections closed, by reason: ended (by the client or its request), " +
-			"header_timeout, idle_timeout, active_timeout (the server's limits), shutdown.",
+			"header_timeout, idle_timeout, write_timeout (the server's limits), shutdown.",
 	}, []string{"reason"})
-	for _, r := range []string{httpserver.ClosedEnded, httpserver.ClosedHeaderTimeout, httpserver.ClosedIdleTimeout,
-		httpserver.ClosedActiveTimeout, httpserver.ClosedShutdown} {
+	for _, r := range daemon.ClosedReasons {
 		m.connsClosed.WithLabelValues(r)
 	}
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -87,10 +85,10 @@ func newMetrics(version string) *metrics {
 	return m
 }
 
-// ConnectionOpened implements httpserver.Observer.
+// ConnectionOpened implements daemon.ConnObserver.
 func (m *metrics) ConnectionOpened() { m.conns.Inc() }
 
-// ConnectionClosed implements httpserver.Observer.
+// ConnectionClosed implements daemon.ConnObserver.
 func (m *metrics) ConnectionClosed(reason string) {
 	m.conns.Dec()
 	m.connsClosed.WithLabelValues(reason).Inc()

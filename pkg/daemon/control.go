@@ -13,7 +13,7 @@ import (
 )
 
 // startMetrics serves /metrics and /healthz on addr.
-func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, error) {
+func (d *daemon) startMetrics(ctx context.Context, addr string) (*HTTPServer, error) {
 	listen := d.deps.ListenMetrics
 	if listen == nil {
 		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
@@ -27,8 +27,7 @@ func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, e
 		mux.Handle("GET /metrics", d.deps.MetricsHandler)
 	}
 	mux.HandleFunc("GET /healthz", d.healthz)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	srv := NewHTTPServer(mux, AdminLimits, HTTPOptions{Log: d.log.With("component", "metrics"), BaseContext: context.WithoutCancel(ctx)})
 	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop or reload
 	return srv, nil
 }
@@ -124,7 +123,7 @@ func (d *daemon) status(ctx context.Context) Status {
 
 // startControl serves GET /status as JSON on the control socket, readable by
 // root only.
-func (d *daemon) startControl(ctx context.Context) (*http.Server, error) {
+func (d *daemon) startControl(ctx context.Context) (*HTTPServer, error) {
 	path := d.deps.ControlSocket
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
@@ -147,8 +146,7 @@ func (d *daemon) startControl(ctx context.Context) (*http.Server, error) {
 		enc.SetIndent("", "  ")
 		enc.Encode(d.status(r.Context())) //nolint:errcheck // the client went away
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	srv := NewHTTPServer(mux, AdminLimits, HTTPOptions{Log: d.log.With("component", "control"), BaseContext: context.WithoutCancel(ctx)})
 	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop
 	return srv, nil
 }

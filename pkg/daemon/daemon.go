@@ -15,7 +15,6 @@ import (
 
 	"github.com/imds-shim/imds-shim/pkg/config"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // Exit codes of `imds-shim serve`, documented in README.md and imds-shim(8).
@@ -109,7 +108,11 @@ type Deps struct {
 	Version string
 	// ConnObserver, when set, hears of every metadata connection opened
 	// and closed, and why (for metrics).
-	ConnObserver httpserver.Observer
+	ConnObserver ConnObserver
+	// ConnContext, when set, derives each metadata connection's context
+	// once, at accept (to identify the caller). It gets a *Conn, whose
+	// socket it can query.
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
 	// OnCredentials, when set, is told which engine serves from now on: at
 	// start and after every reload that changed it (for metrics).
 	OnCredentials func(CredentialEngine)
@@ -155,9 +158,9 @@ type daemon struct {
 	net      Network
 	handler  Handler
 	ln       net.Listener
-	srv      *httpserver.Server
-	metrics  *http.Server
-	control  *http.Server
+	srv      *HTTPServer
+	metrics  *HTTPServer
+	control  *HTTPServer
 	started  time.Time
 	reloads  int
 	lastErr  string // last rejected reload
@@ -277,13 +280,13 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		}
 	}()
 
-	var metrics *http.Server
+	var metrics *HTTPServer
 	if addr := cfg.MetricsListen(); addr != "" {
 		if metrics, err = d.startMetrics(ctx, addr); err != nil {
 			return exitErr(ExitNetwork, "binding the metrics listener %s: %w", addr, err)
 		}
 	}
-	var control *http.Server
+	var control *HTTPServer
 	if d.deps.ControlSocket != "" {
 		if control, err = d.startControl(ctx); err != nil {
 			if metrics != nil {
@@ -307,27 +310,20 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// newAPIServer serves the metadata API with httpserver rather than
-// net/http.Server: the same request parser and handler without
-// http.Server's per-request goroutine, deadlines and header copies, which
-// were most of the difference to a bare net/http server (test/bench). It
-// bounds what a client can hold: an incomplete first header (5 s), an
-// idle keep-alive connection (90 s) and a response it does not read
-// (30 s). Its connection reaper stops with the server.
-func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *httpserver.Server {
-	return &httpserver.Server{
-		Handler:        h,
-		BaseContext:    context.WithoutCancel(ctx),
-		MaxHeaderBytes: 16 << 10,
-		Log:            d.log.With("component", "http"),
-		Observer:       d.deps.ConnObserver,
-	}
+// newAPIServer serves the metadata API: a net/http.Server with APILimits.
+func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *HTTPServer {
+	return NewHTTPServer(h, APILimits, HTTPOptions{
+		Log:         d.log.With("component", "http"),
+		Observer:    d.deps.ConnObserver,
+		BaseContext: context.WithoutCancel(ctx),
+		ConnContext: d.deps.ConnContext,
+	})
 }
 
 // serve runs srv on ln until the listener is closed.
-func (d *daemon) serve(srv *httpserver.Server, ln net.Listener) {
+func (d *daemon) serve(srv *HTTPServer, ln net.Listener) {
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := srv.Serve(ln); err != nil {
 			d.serveErr <- fmt.Errorf("serving on %s: %w", ln.Addr(), err)
 		}
 	}()
@@ -427,7 +423,7 @@ func (d *daemon) stop() error {
 		errs = append(errs, fmt.Errorf("finishing requests in flight: %w", err))
 		srv.Close()
 	}
-	for _, s := range []*http.Server{metrics, control} {
+	for _, s := range []*HTTPServer{metrics, control} {
 		if s != nil {
 			s.Close()
 		}

@@ -6,8 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
-
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
+	"time"
 )
 
 // benchWriter is a reusable ResponseWriter, so that allocations counted are
@@ -46,14 +45,14 @@ func BenchmarkCredentialsPath(b *testing.B) {
 }
 
 // BenchmarkCredentialsPathHTTP is the same request over loopback, served
-// by pkg/httpserver as the daemon serves it, from a net/http client.
+// by net/http.Server as the daemon serves it, from a net/http client.
 func BenchmarkCredentialsPathHTTP(b *testing.B) {
 	e := newEnv(b, baseConfig())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	hs := &httpserver.Server{Handler: e.srv}
+	hs := &http.Server{Handler: e.srv, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
 	tok := e.token(b, "21600")

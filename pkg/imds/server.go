@@ -534,21 +534,12 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	return class, s.write(w, r, http.StatusOK, docs.legacy)
 }
 
-// autoLengthMax is the largest body net/http sends with an exact
-// Content-Length of its own when the handler writes it whole and returns
-// (its bufferBeforeChunkingSize). Such bodies get their length from
-// net/http, which saves a header in the map net/http copies and sorts on
-// every response; larger bodies, which it would otherwise send chunked, and
-// HEAD answers get ours. EC2 never sends chunked; TestWireContentLength
-// holds both sides of the limit.
-const autoLengthMax = 2048
-
+// write sends resp with an exact Content-Length, so net/http never
+// chunks (EC2 never does), HEAD included.
 func (s *Server) write(w http.ResponseWriter, r *http.Request, status int, resp response) int {
 	h := w.Header()
 	h[hContentType] = resp.ctype
-	if len(resp.body) > autoLengthMax || r.Method == http.MethodHead {
-		h[hContentLength] = resp.clen
-	}
+	h[hContentLength] = resp.clen
 	h["Accept-Ranges"] = hdrAcceptNone
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
