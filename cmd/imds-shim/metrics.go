@@ -16,7 +16,6 @@ import (
 type metrics struct {
 	reg         *prometheus.Registry
 	requests    *prometheus.CounterVec
-	byClass     map[string]*[600]atomic.Pointer[prometheus.Counter]
 	tokens      prometheus.Counter
 	unavailable prometheus.Counter
 	attempts    prometheus.Counter
@@ -28,17 +27,12 @@ type metrics struct {
 	engine      atomic.Pointer[daemon.CredentialEngine]
 }
 
-// requestClasses are the path classes pkg/imds reports.
-var requestClasses = []string{"token", "credentials", "metadata", "dynamic", "userdata", "other"}
 
 func newMetrics(version string) *metrics {
-	m := &metrics{reg: prometheus.NewRegistry(), byClass: map[string]*[600]atomic.Pointer[prometheus.Counter]{}}
+	m := &metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "imds_shim_requests_total", Help: "Metadata requests by path class and HTTP status.",
 	}, []string{"class", "code"})
-	for _, c := range requestClasses {
-		m.byClass[c] = new([600]atomic.Pointer[prometheus.Counter])
-	}
 	m.tokens = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "imds_shim_tokens_issued_total", Help: "IMDSv2 session tokens issued.",
 	})
@@ -94,21 +88,9 @@ func (m *metrics) ConnectionClosed(reason string) {
 	m.connsClosed.WithLabelValues(reason).Inc()
 }
 
-// Request implements imds.Observer. It runs on every request, so the
-// counter for a class and status is resolved once and then read lock-free.
+// Request implements imds.Observer.
 func (m *metrics) Request(class string, status int) {
-	arr, ok := m.byClass[class]
-	if !ok || status < 0 || status >= len(arr) {
-		m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
-		return
-	}
-	if c := arr[status].Load(); c != nil {
-		(*c).Inc()
-		return
-	}
-	c := m.requests.WithLabelValues(class, strconv.Itoa(status))
-	arr[status].Store(&c)
-	c.Inc()
+	m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
 }
 
 // TokenIssued implements imds.Observer.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,16 +42,14 @@ const (
 	kindIAMInfo                     // iam/info (LastUpdated follows the credentials)
 )
 
-// response is a precomputed body with the header values that go with it;
-// header slices are shared, never modified.
+// response is a precomputed body and its Content-Type.
 type response struct {
 	body  []byte
-	clen  []string
-	ctype []string
+	ctype string
 }
 
-func newResponse(body []byte, ctype []string) response {
-	return response{body: body, clen: []string{strconv.Itoa(len(body))}, ctype: ctype}
+func newResponse(body []byte, ctype string) response {
+	return response{body: body, ctype: ctype}
 }
 
 type node struct {
@@ -199,9 +196,9 @@ func leaves(cfg Config, d derived, dir map[string][]byte) map[string]leaf {
 // listing shows only info and security-credentials/.
 var hidden = map[string]bool{"meta-data/iam/security-credentials-extended": true}
 
-var (
-	hdrTextPlain   = []string{"text/plain"}
-	hdrOctetStream = []string{"application/octet-stream"}
+const (
+	hdrTextPlain   = "text/plain"
+	hdrOctetStream = "application/octet-stream"
 )
 
 // build assembles the tree: one node per value and one listing per
