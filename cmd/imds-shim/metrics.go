@@ -27,7 +27,6 @@ type metrics struct {
 	engine      atomic.Pointer[daemon.CredentialEngine]
 }
 
-
 func newMetrics(version string) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
