@@ -51,17 +51,11 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "unhealthy: metadata listener does not answer: %s\n", oneLine(err))
 		return
 	}
-	// Clients come through the redirect: prove it reaches us (our
-	// handler answers as EC2ws) and not a stale rule or another host.
-	if ep := d.deps.Endpoint; ep != "" && d.managed() {
-		if server, err := probeAddr(context.Background(), ep); err != nil || server != "EC2ws" {
-			if err == nil {
-				err = fmt.Errorf("answered by %q, not imds-shim", server)
-			}
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "unhealthy: http://%s/ does not reach imds-shim: %s\n", ep, oneLine(err))
-			return
-		}
+	// Clients come through the redirect: prove it reaches this process.
+	if err := d.probeEndpoint(context.Background()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
+		return
 	}
 	fmt.Fprintln(w, "ok")
 }

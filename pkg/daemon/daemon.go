@@ -99,8 +99,8 @@ type Deps struct {
 	// (half of systemd's WATCHDOG_USEC).
 	Watchdog time.Duration
 	// Endpoint is the address clients use when the network is managed
-	// (EndpointAddr); /healthz checks that a request to it reaches us.
-	// "" skips that check.
+	// (EndpointAddr); /healthz and the watchdog check that a request to it
+	// reaches this process. "" skips that check.
 	Endpoint string
 	// ControlSocket is the unix socket `imds-shim status` reads; "" for none.
 	ControlSocket string
@@ -116,6 +116,13 @@ type Deps struct {
 	// OnCredentials, when set, is told which engine serves from now on: at
 	// start and after every reload that changed it (for metrics).
 	OnCredentials func(CredentialEngine)
+	// AllowUnprivilegedPort, when set and true for a configuration, lets
+	// the metadata listener use a port that any user may bind (at or above
+	// net.ipv4.ip_unprivileged_port_start). Nil refuses such a port.
+	AllowUnprivilegedPort func(cfg *config.Config) bool
+	// UnprivilegedPortStart reads net.ipv4.ip_unprivileged_port_start;
+	// nil reads it from /proc of this network namespace.
+	UnprivilegedPortStart func() (int, error)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -166,6 +173,7 @@ type daemon struct {
 	lastErr  string // last rejected reload
 	serveErr chan error
 	broken   atomic.Bool // a listener failed: stop feeding the watchdog
+	prober   *prober
 
 	// runs are the background loops of the current components.
 	credsRun, netRun *runner
@@ -224,6 +232,12 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		return &ExitError{Code: ExitConfig, Err: err}
 	}
 	d.cfg = cfg
+	if err := d.checkPort(cfg); err != nil {
+		return &ExitError{Code: ExitConfig, Err: err}
+	}
+	if d.prober, err = newProber(); err != nil {
+		return exitErr(ExitFailure, "%w", err)
+	}
 
 	// Build every component before touching anything, so that a problem
 	// they can find on their own stops us while nothing is installed.
@@ -312,7 +326,7 @@ func (d *daemon) start(ctx context.Context) (err error) {
 
 // newAPIServer serves the metadata API: a net/http.Server with APILimits.
 func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *HTTPServer {
-	return NewHTTPServer(h, APILimits, HTTPOptions{
+	return NewHTTPServer(d.prober.handler(h), APILimits, HTTPOptions{
 		Log:         d.log.With("component", "http"),
 		Observer:    d.deps.ConnObserver,
 		BaseContext: context.WithoutCancel(ctx),
@@ -354,7 +368,7 @@ func (d *daemon) loop(ctx context.Context, reload <-chan Reload) {
 }
 
 // watchdog sends WATCHDOG=1 while this process still answers on its
-// listener. It runs apart from the loop so that a reload waiting for a new
+// listener and, with the network managed, through the endpoint. It runs apart from the loop so that a reload waiting for a new
 // role's first credentials does not starve it. It deliberately ignores STS:
 // restarting cannot fix an STS outage, and the last good credentials are
 // still being served.
@@ -366,21 +380,36 @@ func (d *daemon) watchdog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if !d.broken.Load() && d.probe(ctx) == nil {
+			if !d.broken.Load() && d.probe(ctx) == nil && d.probeEndpoint(ctx) == nil {
 				d.notify("WATCHDOG=1")
 			}
 		}
 	}
 }
 
-// probe makes one request to our own listener.
+// probe checks that this process answers on its own listener.
 func (d *daemon) probe(ctx context.Context) error {
 	d.mu.Lock()
 	addr := d.ln.Addr().String()
 	d.mu.Unlock()
-	if _, err := probeAddr(ctx, addr); err != nil {
+	if err := d.prober.probe(ctx, addr); err != nil {
 		d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
 		return err
+	}
+	return nil
+}
+
+// probeEndpoint checks, with the network managed, that requests to the
+// endpoint reach this process (not a stale rule, another host, or another
+// process holding the redirect target).
+func (d *daemon) probeEndpoint(ctx context.Context) error {
+	ep := d.deps.Endpoint
+	if ep == "" || !d.managed() {
+		return nil
+	}
+	if err := d.prober.probe(ctx, ep); err != nil {
+		d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
+		return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
 	}
 	return nil
 }
@@ -388,24 +417,6 @@ func (d *daemon) probe(ctx context.Context) error {
 // EndpointAddr is where clients reach the service when the network is
 // managed; the production Deps.Endpoint.
 const EndpointAddr = "169.254.169.254:80"
-
-// probeAddr makes one GET / to addr and returns the Server header.
-func probeAddr(ctx context.Context, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	return resp.Header.Get("Server"), nil
-}
-
-var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 
 // stop is the orderly shutdown: stop accepting, let requests in flight
 // finish within stop_timeout, stop the loops, remove the network.
