@@ -3,10 +3,12 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -112,7 +114,7 @@ func NewHTTPServer(h http.Handler, l Limits, o HTTPOptions) *HTTPServer {
 		base = context.Background()
 	}
 	s.srv = &http.Server{
-		Handler:           h,
+		Handler:           unreadBodyNoWait(h),
 		ReadHeaderTimeout: l.HeaderTimeout,
 		// ReadTimeout bounds the body too (net/http drains up to 256 KiB
 		// of an unread one before reusing the connection).
@@ -165,6 +167,8 @@ func (s *HTTPServer) connState(nc net.Conn, st http.ConnState) {
 		if s.obs != nil {
 			s.obs.ConnectionClosed(s.reason(c, prev))
 		}
+	case http.StateIdle:
+		c.readSinceIdle.Store(false)
 	}
 	c.state.Store(int32(st))
 }
@@ -174,7 +178,7 @@ func (s *HTTPServer) reason(c *Conn, prev http.ConnState) string {
 	case timeoutWrite:
 		return ClosedWriteTimeout
 	case timeoutRead:
-		if prev == http.StateIdle {
+		if prev == http.StateIdle && !c.readSinceIdle.Load() {
 			return ClosedIdleTimeout
 		}
 		return ClosedHeaderTimeout
@@ -221,6 +225,9 @@ type Conn struct {
 	// net/http ending its own background read after a request, not a
 	// client running out of time.
 	cancelRead atomic.Bool
+	// readSinceIdle: bytes of a next request arrived after the last
+	// response, so a timeout now is a header timeout, not an idle one.
+	readSinceIdle atomic.Bool
 }
 
 // SetReadDeadline notes whether t cancels a read rather than bounds one.
@@ -230,8 +237,53 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 }
 
 // cancelledBefore: net/http cancels a pending read with a deadline of
-// 1970-01-01T00:00:01Z; no real deadline lies before this.
+// 1970-01-01T00:00:01Z, and so does unreadBodyNoWait; no real deadline
+// lies before this.
 var cancelledBefore = time.Unix(1<<20, 0)
+
+// unreadBodyNoWait: a client that sends "Expect: 100-continue" sends its
+// body only after a 100 Continue, which net/http sends only when the
+// handler reads the body. A handler that does not read it but closes it
+// (or leaves net/http to close it after the response) would have net/http
+// wait for that body until ReadTimeout, holding the connection. Such a
+// request's connection is closed after the response (the bytes that follow
+// could be the body or the next request), and a pending read of the unsent
+// body is cancelled, so Close returns at once.
+func unreadBodyNoWait(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Connection", "close")
+		b := &unreadBody{ReadCloser: r.Body, rc: http.NewResponseController(w)}
+		r.Body = b
+		next.ServeHTTP(w, r)
+		b.cancelIfUnread()
+	})
+}
+
+type unreadBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	read atomic.Bool
+}
+
+func (b *unreadBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+func (b *unreadBody) Close() error {
+	b.cancelIfUnread()
+	return b.ReadCloser.Close()
+}
+
+func (b *unreadBody) cancelIfUnread() {
+	if !b.read.Load() {
+		b.rc.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // only fails on a connection already gone
+	}
+}
 
 // NetConn returns the accepted connection (*net.TCPConn or *net.UnixConn).
 func (c *Conn) NetConn() net.Conn { return c.Conn }
@@ -256,6 +308,9 @@ func (c *Conn) CloseWrite() error {
 
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.readSinceIdle.Store(true)
+	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !c.cancelRead.Load() {
 		c.timeout.CompareAndSwap(0, timeoutRead)
 	}
