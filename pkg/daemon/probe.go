@@ -8,9 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,22 +16,24 @@ import (
 )
 
 // The self-probe proves that THIS process answers on an address, not just
-// that something answering like an IMDS does (anyone who holds the port,
-// or a relay in front of us, could send Server: EC2ws).
+// that something answering like an IMDS does (anyone who holds the port
+// could send Server: EC2ws).
 //
-// Each probe makes a fresh random challenge and remembers it with the local
-// address of the probe's own TCP connection. The probe handler, in front
-// of the metadata handler, answers GET <probePrefix><challenge> only when
-// the challenge is pending (compared in constant time) AND the request
-// arrives from that very connection; its answer is HMAC-SHA256 under a
-// per-process secret that never leaves memory. So:
-//   - another process holding the address sees the challenge but cannot
-//     compute the answer;
-//   - relaying the challenge to our listener does not help: the relay's
-//     connection is not the probe's, so our handler does not answer it as a
-//     probe, and the challenge is single-use;
-//   - a client guessing the path gets the metadata handler's 404, so the
-//     path is no oracle.
+// Each probe sends a fresh random challenge on a path only the daemon
+// uses; the probe handler, in front of the metadata handler, answers only
+// a challenge it has pending (compared in constant time), with
+// HMAC-SHA256 of it under a per-process secret that never leaves memory.
+// Another process holding the address sees the challenge but cannot
+// compute the answer; a client guessing the path gets the metadata
+// handler's answer (401/404), so the path is no oracle; a challenge is
+// good for one probe.
+//
+// It does not tell a relay that forwards the probe to this process from a
+// direct path: that relay would already hold the endpoint, which takes
+// root here (the listener's port is privileged, the rules are root's).
+// Matching the probe's source port was tried and dropped: NAT may remap
+// a source port to keep conntrack tuples unique, which failed healthy
+// probes.
 //
 // Probe requests never reach the metadata handler, so they are not counted
 // as client requests.
@@ -42,37 +42,17 @@ const probePrefix = "/imds-shim/probe/"
 type prober struct {
 	secret []byte
 	mu     sync.Mutex
-	// pending maps a challenge to the local address of the probe's
-	// connection ("" until it is dialled).
-	pending map[string]string
+	// pending holds the challenges of probes in flight.
+	pending map[string]bool
 	client  *http.Client
 }
 
-type probeKey struct{}
-
 func newProber() (*prober, error) {
-	p := &prober{secret: make([]byte, 32), pending: map[string]string{}}
+	p := &prober{secret: make([]byte, 32), pending: map[string]bool{}}
 	if _, err := rand.Read(p.secret); err != nil {
 		return nil, fmt.Errorf("generating the probe secret: %w", err)
 	}
-	p.client = &http.Client{Transport: &http.Transport{
-		Proxy:             nil,
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			if ch, ok := ctx.Value(probeKey{}).(string); ok {
-				p.mu.Lock()
-				if _, ok := p.pending[ch]; ok {
-					p.pending[ch] = c.LocalAddr().String()
-				}
-				p.mu.Unlock()
-			}
-			return c, nil
-		},
-	}}
+	p.client = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	return p, nil
 }
 
@@ -90,14 +70,14 @@ func (p *prober) probe(ctx context.Context, addr string) error {
 	}
 	ch := hex.EncodeToString(raw)
 	p.mu.Lock()
-	p.pending[ch] = ""
+	p.pending[ch] = true
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		delete(p.pending, ch)
 		p.mu.Unlock()
 	}()
-	ctx, cancel := context.WithTimeout(context.WithValue(ctx, probeKey{}, ch), 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+probePrefix+ch, nil)
 	if err != nil {
@@ -122,7 +102,7 @@ func (p *prober) probe(ctx context.Context, addr string) error {
 func (p *prober) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ch, ok := strings.CutPrefix(r.URL.Path, probePrefix)
-		if ok && r.Method == http.MethodGet && p.isPending(ch, r.RemoteAddr) {
+		if ok && r.Method == http.MethodGet && p.isPending(ch) {
 			body := p.answer(ch)
 			w.Header().Set("Content-Type", "text/plain")
 			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
@@ -133,23 +113,16 @@ func (p *prober) handler(next http.Handler) http.Handler {
 	})
 }
 
-// isPending reports whether ch is a pending challenge whose probe
-// connection is the one remote came from. Every pending challenge is
-// compared in full, in constant time.
-func (p *prober) isPending(ch, remote string) bool {
+// isPending reports whether ch is a pending challenge, comparing it with
+// every pending one in full, in constant time.
+func (p *prober) isPending(ch string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	found := false
-	for c, from := range p.pending {
-		if hmac.Equal([]byte(c), []byte(ch)) && from != "" && sameAddr(from, remote) {
+	for c := range p.pending {
+		if hmac.Equal([]byte(c), []byte(ch)) {
 			found = true
 		}
 	}
 	return found
-}
-
-func sameAddr(a, b string) bool {
-	x, err1 := netip.ParseAddrPort(a)
-	y, err2 := netip.ParseAddrPort(b)
-	return err1 == nil && err2 == nil && x.Addr().Unmap() == y.Addr().Unmap() && x.Port() == y.Port()
 }

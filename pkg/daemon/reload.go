@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	sdd "github.com/coreos/go-systemd/v22/daemon"
 
@@ -117,8 +118,12 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	d.cfg, d.creds, d.ln, d.net = cfg, newCreds, newLn, newNet
 	d.mu.Unlock()
 	if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
-		// Closing the old listener stops new connections on it;
-		// requests already accepted on it finish normally.
+		// The redirect points at the new listener now. A connection
+		// redirected to the old one just before the switch may still
+		// sit in its accept queue, which closing would reset: let the
+		// server take those first. Requests already accepted on it
+		// finish normally after the close.
+		time.Sleep(listenerHandover)
 		ln.Close()
 	}
 	if newCreds != creds {
@@ -142,6 +147,10 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	}
 	return nil
 }
+
+// listenerHandover is how long an old listener keeps accepting after the
+// redirect moved to the new one: far longer than a SYN takes on this host.
+const listenerHandover = 200 * time.Millisecond
 
 // hopLimiter is a listener whose hop limit changes in place
 // (*imds.Listener).
