@@ -747,3 +747,63 @@ func TestPortMustBePrivileged(t *testing.T) {
 		t.Errorf("allowed unprivileged port still refused: %v", err)
 	}
 }
+
+// TestWatchdogNeedsThisProcess: WATCHDOG=1 is sent while this process
+// answers through the endpoint, and never while something else does.
+func TestWatchdogNeedsThisProcess(t *testing.T) {
+	t.Run("ours", func(t *testing.T) {
+		w, dir, path := newSetup(t)
+		deps := w.deps(dir)
+		own, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deps.Listen = func(string, int) (net.Listener, error) { return own, nil }
+		deps.Endpoint = own.Addr().String()
+		deps.Watchdog = time.Millisecond
+		cancel, _, done := start(t, w, deps, path)
+		defer func() { cancel(); wait(t, done) }()
+		for !contains(w.Events(), "notify:WATCHDOG=1") {
+			select {
+			case <-t.Context().Done():
+				t.Fatal("no WATCHDOG=1")
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	t.Run("impostor", func(t *testing.T) {
+		w, dir, path := newSetup(t)
+		deps := w.deps(dir)
+		hits := make(chan struct{}, 100)
+		ep := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			rw.Header().Set("Server", "EC2ws")
+			io.WriteString(rw, strings.Repeat("0", 64))
+			hits <- struct{}{}
+		}))
+		defer ep.Close()
+		deps.Endpoint = strings.TrimPrefix(ep.URL, "http://")
+		deps.Watchdog = time.Millisecond
+		cancel, _, done := start(t, w, deps, path)
+		defer func() { cancel(); wait(t, done) }()
+		// Each tick probes the endpoint once; by the fourth hit the
+		// watchdog has decided on the first three.
+		for range 4 {
+			<-hits
+		}
+		if contains(w.Events(), "notify:WATCHDOG=1") {
+			t.Error("WATCHDOG=1 sent while another process answered on the endpoint")
+		}
+	})
+}
+
+// A client that guesses the probe path gets the metadata handler's answer:
+// the probe answers only challenges it sent itself.
+func TestProbePathIsNoOracle(t *testing.T) {
+	w, dir, path := newSetup(t)
+	cancel, _, done := start(t, w, w.deps(dir), path)
+	defer func() { cancel(); wait(t, done) }()
+	st := mustStatus(t, dir)
+	if got := get(t, "http://"+st.Listen+probePrefix+strings.Repeat("ab", 32)); got != "app" {
+		t.Errorf("guessed probe path answered %q, want the metadata handler's %q", got, "app")
+	}
+}
