@@ -160,7 +160,7 @@ func Run(ctx context.Context, path string, deps Deps, reload <-chan Reload) (err
 		d.notify("STATUS=start-up failed: " + oneLine(err))
 		return err
 	}
-	d.log.Info("ready", "role_arn", d.cfg.RoleARN, "listen", d.ln.Addr().String(), "network", d.cfg.ManageNetwork())
+	d.log.Info("ready", "role_arn", d.cfg.RoleARN, "listen", addrsOf(d.lns), "network", d.cfg.ManageNetwork())
 	d.notify("READY=1\nSTATUS=" + d.statusLine())
 	d.loop(ctx, reload)
 	return d.stop()
@@ -171,12 +171,14 @@ type daemon struct {
 	path string
 	log  *slog.Logger
 
-	mu       sync.Mutex // guards everything below against status readers
-	cfg      *config.Config
-	creds    CredentialEngine
-	net      Network
-	handler  Handler
-	ln       net.Listener
+	mu      sync.Mutex // guards everything below against status readers
+	cfg     *config.Config
+	creds   CredentialEngine
+	net     Network
+	handler Handler
+	// lns are the metadata listeners: imds.listen first, then the
+	// others the network planned (the IPv6 endpoint).
+	lns      []boundListener
 	srv      *HTTPServer
 	metrics  *HTTPServer
 	control  *HTTPServer
@@ -296,13 +298,15 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		}()
 	}
 
-	ln, err := d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit)
+	// Every listener the redirect leads to, bound once Setup has put
+	// the addresses in place and decided whether IPv6 is used.
+	lns, _, err := d.bind(wantListeners(cfg, network), cfg.IMDS.HopLimit, nil)
 	if err != nil {
-		return exitErr(ExitNetwork, "binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
+		return exitErr(ExitNetwork, "%w", err)
 	}
 	defer func() {
 		if err != nil {
-			ln.Close()
+			closeAll(lns)
 		}
 	}()
 
@@ -323,11 +327,13 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	}
 
 	d.mu.Lock()
-	d.creds, d.handler, d.net, d.ln, d.metrics, d.control = creds, handler, network, ln, metrics, control
+	d.creds, d.handler, d.net, d.lns, d.metrics, d.control = creds, handler, network, lns, metrics, control
 	d.srv = d.newAPIServer(ctx, handler)
 	d.serveErr = make(chan error, 4)
 	d.mu.Unlock()
-	d.serve(d.srv, ln)
+	for _, b := range lns {
+		d.serve(d.srv, b.ln)
+	}
 	d.switched(creds)
 	d.credsRun = startRunner(ctx, d.log, "credentials", creds.Run)
 	if network != nil {
@@ -399,14 +405,17 @@ func (d *daemon) watchdog(ctx context.Context) {
 	}
 }
 
-// probe checks that this process answers on its own listener.
+// probe checks that this process answers on each of its own listeners.
 func (d *daemon) probe(ctx context.Context) error {
 	d.mu.Lock()
-	addr := d.ln.Addr().String()
+	lns := d.lns
 	d.mu.Unlock()
-	if err := d.prober.probe(ctx, addr); err != nil {
-		d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
-		return err
+	for _, b := range lns {
+		addr := b.ln.Addr().String()
+		if err := d.prober.probe(ctx, addr); err != nil {
+			d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
+			return fmt.Errorf("%s: %w", addr, err)
+		}
 	}
 	return nil
 }
