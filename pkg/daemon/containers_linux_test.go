@@ -539,3 +539,138 @@ func TestIPv6DisabledStartsCleanly(t *testing.T) {
 		t.Errorf("state after a refused start differs (-before +after):\n%s", diff)
 	}
 }
+
+// TestReloadMovesListeners: with the real binary, reloads that turn IPv6
+// off and on again and change the port move the listeners and the
+// redirect together; a container on the configured bridge is served at
+// both endpoints after each, and a stop leaves the host as it was.
+func TestReloadMovesListeners(t *testing.T) {
+	e := newEnvOn(t, "0.0.0.0")
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		t.Skipf("no IPv6 in this kernel: %v", err)
+	}
+	tp := newP2Topo(t)
+	before := hostFacts(t)
+	port := e.moto.URL[strings.LastIndex(e.moto.URL, ":")+1:]
+	sts := "http://127.0.0.1:" + port
+	cfg := e.containersConfig(sts, "auto")
+	d := e.serveWithUnitCaps(cfg)
+	e.waitNote("READY=1", d)
+	sock := filepath.Join(e.dir, "run", "control.sock")
+	listeners := func() []string {
+		var st struct {
+			Listeners       []string
+			LastReloadError string `json:"last_reload_error"`
+		}
+		if err := json.Unmarshal([]byte(mustRun(t, binary(t), "status", "--json", "--socket", sock)), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.LastReloadError != "" {
+			t.Errorf("reload rejected: %s", st.LastReloadError)
+		}
+		return st.Listeners
+	}
+	reload := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		e.waitNote("RELOADING=1", d)
+		e.waitNote("READY=1", d)
+	}
+	const credPath = "/latest/meta-data/iam/security-credentials/app"
+	served := func(base string) bool {
+		got, err := tp.c1.curlIMDSv2(base, credPath)
+		return err == nil && strings.Contains(got, `"Code" : "Success"`)
+	}
+	orig, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	reload(strings.Replace(string(orig), "ipv6: auto", "ipv6: \"false\"", 1))
+	if got := listeners(); !cmp.Equal(got, []string{"169.254.169.254:254"}) {
+		t.Errorf("ipv6 false: listeners %q", got)
+	}
+	if !served("http://169.254.169.254") || served("http://[fd00:ec2::254]") {
+		t.Errorf("ipv6 false: IPv4 served %t, IPv6 served %t; want true, false", served("http://169.254.169.254"), served("http://[fd00:ec2::254]"))
+	}
+
+	reload(string(orig))
+	if got := listeners(); !cmp.Equal(got, []string{"169.254.169.254:254", "[fd00:ec2::254]:254"}) {
+		t.Errorf("ipv6 auto again: listeners %q", got)
+	}
+	if !served("http://169.254.169.254") || !served("http://[fd00:ec2::254]") {
+		t.Error("ipv6 auto again: an endpoint is not served")
+	}
+
+	reload(strings.Replace(string(orig), "169.254.169.254:254", "169.254.169.254:253", 1))
+	if got := listeners(); !cmp.Equal(got, []string{"169.254.169.254:253", "[fd00:ec2::254]:253"}) {
+		t.Errorf("port 253: listeners %q", got)
+	}
+	if !served("http://169.254.169.254") || !served("http://[fd00:ec2::254]") {
+		t.Error("port 253: an endpoint is not served")
+	}
+	// The old port is closed, so the container cannot reach it either.
+	if got, err := tp.c1.curlIMDSv2("http://169.254.169.254:254", credPath); err == nil {
+		t.Errorf("the old listener still answers: %q", got)
+	}
+
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if diff := cmp.Diff(before, hostFacts(t)); diff != "" {
+		t.Errorf("state after reloads and a stop differs (-before +after):\n%s", diff)
+	}
+}
+
+// TestWithoutArptables: on a host without arptables the daemon starts
+// and serves, warns once, status says so, and stop and cleanup leave the
+// host as it was.
+func TestWithoutArptables(t *testing.T) {
+	e := newEnv(t)
+	before := hostFacts(t)
+	// PATH as on a host without arptables: everything else of /usr/sbin.
+	bin := t.TempDir()
+	ents, err := os.ReadDir("/usr/sbin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ent := range ents {
+		if !strings.HasPrefix(ent.Name(), "arptables") {
+			if err := os.Symlink(filepath.Join("/usr/sbin", ent.Name()), filepath.Join(bin, ent.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	oldPath := os.Getenv("PATH")
+	os.Setenv("PATH", bin+":/usr/local/bin:/usr/bin:/bin")
+	defer os.Setenv("PATH", oldPath)
+
+	cfg := e.writeConfig("app", "")
+	d := e.serveWithUnitCaps(cfg)
+	e.waitNote("READY=1", d)
+	if code, body := imdsGet(t, "/latest/meta-data/iam/security-credentials/"); code != 200 || body != "app" {
+		t.Errorf("without arptables: %d %q", code, body)
+	}
+	st := mustRun(t, binary(t), "status", "--socket", filepath.Join(e.dir, "run", "control.sock"))
+	if !strings.Contains(st, "WARNING arptables is not installed") {
+		t.Errorf("status does not say arptables is missing:\n%s", st)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if n := strings.Count(d.stderr.String(), "level=WARN msg=\"arptables is not installed"); n != 1 {
+		t.Errorf("want one warning about arptables, got %d:\n%s", n, d.stderr)
+	}
+	if out, err := exec.Command(binary(t), "cleanup").CombinedOutput(); err != nil {
+		t.Errorf("cleanup without arptables: %v\n%s", err, out)
+	}
+	os.Setenv("PATH", oldPath)
+	if diff := cmp.Diff(before, hostFacts(t)); diff != "" {
+		t.Errorf("state after a stop without arptables differs (-before +after):\n%s", diff)
+	}
+}
