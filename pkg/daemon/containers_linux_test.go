@@ -342,6 +342,7 @@ imds:
 network:
   containers: [p2br0]
   ipv6: %s
+  reconcile_interval: 1h
 `, stsURL, filepath.Join(e.dir, "credentials"), ipv6)
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		e.t.Fatal(err)
@@ -435,6 +436,20 @@ func TestContainersAndIPv6(t *testing.T) {
 			t.Errorf("%s, aws-sdk-go-v2, IPv6: %q, %v", c.name, out, err)
 		}
 	}
+
+	// /healthz proves both endpoints reach this process: with the IPv6
+	// redirect gone (and no repair before the next hour) it fails.
+	if code, body := httpGet(t, "http://127.0.0.1:9254/healthz"); code != 200 {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	rule := []string{"-t", "nat", "-D", "IMDS-SHIM-OUTPUT", "-d", "fd00:ec2::254/128", "-p", "tcp", "-m", "tcp", "--dport", "80",
+		"-m", "comment", "--comment", "imds-shim", "-j", "DNAT", "--to-destination", "[fd00:ec2::254]:254"}
+	mustRun(t, "ip6tables", rule...)
+	if code, body := httpGet(t, "http://127.0.0.1:9254/healthz"); code != 503 || !strings.Contains(body, "http://[fd00:ec2::254]:80/ does not reach this imds-shim") {
+		t.Errorf("/healthz without the IPv6 redirect = %d %q, want 503 naming it", code, body)
+	}
+	rule[2] = "-A"
+	mustRun(t, "ip6tables", rule...)
 
 	// A container on a bridge that is not configured: nothing, not even
 	// the listener's port directly (its range is in allowed_cidrs: the

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -423,14 +424,29 @@ func (d *daemon) probe(ctx context.Context) error {
 // probeEndpoint checks, with the network managed, that requests to the
 // endpoint reach this process (not a stale rule, another host, or another
 // process holding the redirect target).
+//
+// The other listeners the network planned sit on the other endpoint
+// addresses ([fd00:ec2::254] with IPv6), so each of those addresses is
+// probed too, on the endpoint's port.
 func (d *daemon) probeEndpoint(ctx context.Context) error {
 	ep := d.deps.Endpoint
 	if ep == "" || !d.managed() {
 		return nil
 	}
-	if err := d.prober.probe(ctx, ep); err != nil {
-		d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
-		return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
+	eps := []string{ep}
+	if ap, err := netip.ParseAddrPort(ep); err == nil {
+		d.mu.Lock()
+		lns := d.lns
+		d.mu.Unlock()
+		for _, b := range lns[1:] {
+			eps = append(eps, netip.AddrPortFrom(b.addr.Addr(), ap.Port()).String())
+		}
+	}
+	for _, ep := range eps {
+		if err := d.prober.probe(ctx, ep); err != nil {
+			d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
+			return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
+		}
 	}
 	return nil
 }
