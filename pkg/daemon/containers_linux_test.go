@@ -328,7 +328,7 @@ func docKey(t *testing.T, body string) string {
 // containers of p2br0 redirected; every source range of the topology
 // allowed by imds.allowed_cidrs, so that only the redirect's rules decide
 // who gets an answer.
-func (e *env) containersConfig(stsURL, ipv6 string) string {
+func (e *env) containersConfig(stsURL, ipv6, backend string) string {
 	p := filepath.Join(e.dir, "imds-shim.yaml")
 	body := fmt.Sprintf(`role_arn: arn:aws:iam::123456789012:role/app
 sts_endpoint: %s
@@ -342,8 +342,9 @@ imds:
 network:
   containers: [p2br0]
   ipv6: %s
+  backend: %s
   reconcile_interval: 1h
-`, stsURL, filepath.Join(e.dir, "credentials"), ipv6)
+`, stsURL, filepath.Join(e.dir, "credentials"), ipv6, backend)
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
@@ -367,8 +368,19 @@ func TestContainersAndIPv6(t *testing.T) {
 	}
 	tp := newP2Topo(t)
 	before := hostFacts(t)
+	for _, be := range []string{"nft", "legacy"} {
+		t.Run(be, func(t *testing.T) {
+			parent := e.t
+			e.t = t
+			defer func() { e.t = parent }()
+			containersCase(t, e, tp, before, be)
+		})
+	}
+}
+
+func containersCase(t *testing.T, e *env, tp p2topo, before, backend string) {
 	port := e.moto.URL[strings.LastIndex(e.moto.URL, ":")+1:]
-	cfg := e.containersConfig("http://127.0.0.1:"+port, "auto")
+	cfg := e.containersConfig("http://127.0.0.1:"+port, "auto", backend)
 
 	// check, before anything runs, says who can reach each listener.
 	out := mustRun(t, binary(t), "check", "-c", cfg, "--no-sts")
@@ -382,11 +394,21 @@ func TestContainersAndIPv6(t *testing.T) {
 	d := e.serveWithUnitCaps(cfg)
 	e.waitNote("READY=1", d)
 
-	// status lists both listeners.
-	var st struct{ Listeners []string }
+	// status lists both listeners, in the backend asked for, with the
+	// ARP fence in place.
+	var st struct {
+		Listeners []string
+		Network   struct {
+			Backend string
+			ARP     bool
+		}
+	}
 	raw := mustRun(t, binary(t), "status", "--json", "--socket", filepath.Join(e.dir, "run", "control.sock"))
 	if err := json.Unmarshal([]byte(raw), &st); err != nil || !cmp.Equal(st.Listeners, []string{"169.254.169.254:254", "[fd00:ec2::254]:254"}) {
 		t.Errorf("status listeners = %q (%v), want the IPv4 and IPv6 listeners", st.Listeners, err)
+	}
+	if st.Network.Backend != backend || !st.Network.ARP {
+		t.Errorf("status: backend %q, ARP fence %t; want %s, true", st.Network.Backend, st.Network.ARP, backend)
 	}
 
 	// The host, over both endpoints.
@@ -444,12 +466,12 @@ func TestContainersAndIPv6(t *testing.T) {
 	}
 	rule := []string{"-t", "nat", "-D", "IMDS-SHIM-OUTPUT", "-d", "fd00:ec2::254/128", "-p", "tcp", "-m", "tcp", "--dport", "80",
 		"-m", "comment", "--comment", "imds-shim", "-j", "DNAT", "--to-destination", "[fd00:ec2::254]:254"}
-	mustRun(t, "ip6tables", rule...)
+	mustRun(t, "ip6tables-"+backend, rule...)
 	if code, body := httpGet(t, "http://127.0.0.1:9254/healthz"); code != 503 || !strings.Contains(body, "http://[fd00:ec2::254]:80/ does not reach this imds-shim") {
 		t.Errorf("/healthz without the IPv6 redirect = %d %q, want 503 naming it", code, body)
 	}
 	rule[2] = "-A"
-	mustRun(t, "ip6tables", rule...)
+	mustRun(t, "ip6tables-"+backend, rule...)
 
 	// A container on a bridge that is not configured: nothing, not even
 	// the listener's port directly (its range is in allowed_cidrs: the
@@ -568,7 +590,7 @@ func TestReloadMovesListeners(t *testing.T) {
 	before := hostFacts(t)
 	port := e.moto.URL[strings.LastIndex(e.moto.URL, ":")+1:]
 	sts := "http://127.0.0.1:" + port
-	cfg := e.containersConfig(sts, "auto")
+	cfg := e.containersConfig(sts, "auto", "auto")
 	d := e.serveWithUnitCaps(cfg)
 	e.waitNote("READY=1", d)
 	sock := filepath.Join(e.dir, "run", "control.sock")
