@@ -18,12 +18,18 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awscreds "github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/imds-shim/imds-shim/pkg/internal/rafake"
 )
@@ -636,5 +642,234 @@ func TestExpiredCertificateKeepsLastGood(t *testing.T) {
 	h.until(t, func() bool { _, err := r.Current(); return err == nil })
 	if c, _ := r.Current(); c.AccessKeyID == first.AccessKeyID || c.Expires.Sub(h.clock.Now()) > time.Hour {
 		t.Errorf("after renewal Current = %v", c)
+	}
+}
+
+// TestMotoChainedFromRolesAnywhere: a served role other than
+// roles_anywhere.role_arn is assumed in moto's STS with the Roles Anywhere
+// session as source credentials (one CreateSession shared by every chained
+// refresh), and roles_anywhere.role_arn itself is served from CreateSession
+// without touching STS.
+func TestMotoChainedFromRolesAnywhere(t *testing.T) {
+	base := motoURL(t)
+	isolateAWSEnv(t)
+	proxy := newRecordingProxy(t, base)
+	e := newRAEnv(t, nil)
+	e.install(t, rafake.CertOptions{KeyType: rafake.RSA2048}, true, rafake.PKCS8)
+	ra := e.source(t, nil)
+
+	chained := Config{RoleARN: testRole, SessionName: "it-ra", Duration: 15 * time.Minute, STSEndpoint: proxy.URL}
+	direct := Config{RoleARN: raRole, SessionName: "it-ra", Duration: 3 * time.Hour, STSEndpoint: proxy.URL}
+	var got []Credentials
+	for _, cfg := range []Config{chained, chained, direct} {
+		client, err := NewRolesAnywhereSTSClient(t.Context(), cfg, ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := New(cfg, client, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Fetch(t.Context()); err != nil {
+			t.Fatalf("%s: %v", cfg.RoleARN, err)
+		}
+		c, _ := r.Current()
+		got = append(got, c)
+	}
+	ss := e.fake.Sessions()
+	if len(ss) != 2 || ss[0].Duration != time.Hour || ss[1].Duration != 3*time.Hour || ss[1].AccessKeyID != got[2].AccessKeyID {
+		t.Fatalf("CreateSession calls %+v; want one 1h source session shared by both chained fetches, then one 3h direct session", ss)
+	}
+	want := []seen{
+		{Action: "AssumeRole", AccessKeyID: ss[0].AccessKeyID, SessionToken: true, DurationSeconds: "900"},
+		{Action: "AssumeRole", AccessKeyID: ss[0].AccessKeyID, SessionToken: true, DurationSeconds: "900"},
+	}
+	if diff := cmp.Diff(want, proxy.seen()); diff != "" {
+		t.Errorf("STS requests (-want +got):\n%s", diff)
+	}
+	if got[0].RoleARN != testRole || got[0].AccessKeyID == ss[0].AccessKeyID || got[2].RoleARN != raRole {
+		t.Errorf("served %v and %v", got[0], got[2])
+	}
+	stsc := sts.New(sts.Options{Region: "eu-west-1", BaseEndpoint: aws.String(base),
+		Credentials: awscreds.NewStaticCredentialsProvider(got[0].AccessKeyID, got[0].SecretAccessKey, got[0].SessionToken)})
+	id, err := stsc.GetCallerIdentity(t.Context(), &sts.GetCallerIdentityInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := aws.ToString(id.Arn); a != "arn:aws:sts::123456789012:assumed-role/test-role/it-ra" {
+		t.Errorf("caller identity %s", a)
+	}
+}
+
+// TestChainedCertificateErrorClass: when the source session cannot be
+// renewed because the certificate expired, the chained refresh fails as
+// ClassCertificate through the SDK's signing layers, and STS is not called.
+func TestChainedCertificateErrorClass(t *testing.T) {
+	isolateAWSEnv(t)
+	e := newRAEnv(t, nil)
+	e.install(t, rafake.CertOptions{NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Second)}, false, rafake.SEC1)
+	var stsCalls int
+	stsSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { stsCalls++; w.WriteHeader(500) }))
+	defer stsSrv.Close()
+	cfg := Config{RoleARN: testRole, SessionName: "it-ra", STSEndpoint: stsSrv.URL}
+	client, err := NewRolesAnywhereSTSClient(t.Context(), cfg, e.source(t, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, client, Options{FetchAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Fetch(t.Context())
+	if err == nil || classify(err) != ClassCertificate || !strings.Contains(err.Error(), "expired") || stsCalls != 0 {
+		t.Fatalf("Fetch = %v (class %s), %d STS calls; want a certificate error and no STS call", err, classify(err), stsCalls)
+	}
+}
+
+// TestDirectRoleRefusesUnsupportedParameters: CreateSession takes no
+// session policy, tags or external ID; asking for them fails loudly.
+func TestDirectRoleRefusesUnsupportedParameters(t *testing.T) {
+	e := newRAEnv(t, nil)
+	e.install(t, rafake.CertOptions{}, false, rafake.PKCS8)
+	cfg := Config{RoleARN: raRole, SessionName: "x1", Policy: `{"Version":"2012-10-17","Statement":[]}`}
+	client, err := NewRolesAnywhereSTSClient(t.Context(), cfg, e.source(t, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(cfg, client, Options{FetchAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Fetch(t.Context()); classify(err) != ClassInvalidRequest || len(e.fake.Sessions()) != 0 {
+		t.Fatalf("Fetch = %v (%s), sessions %v", err, classify(err), e.fake.Sessions())
+	}
+	ra := RolesAnywhereConfig{RoleARN: raRole}
+	err = ra.CheckServedRole("roles[1].", cfg)
+	if err == nil || !strings.Contains(err.Error(), "roles[1].policy:") {
+		t.Errorf("CheckServedRole = %v", err)
+	}
+	if err := ra.CheckServedRole("", Config{RoleARN: testRole, Duration: 2 * time.Hour}); err == nil || !strings.Contains(err.Error(), "duration:") {
+		t.Errorf("CheckServedRole of a 2h chained role = %v", err)
+	}
+	if err := ra.CheckServedRole("", Config{RoleARN: raRole, Duration: 12 * time.Hour}); err != nil {
+		t.Errorf("CheckServedRole of a 12h direct role = %v", err)
+	}
+}
+
+func TestRolesAnywhereConfigValidate(t *testing.T) {
+	good := RolesAnywhereConfig{
+		CertificateFile: "/etc/imds-shim/host.pem", PrivateKeyFile: "/etc/imds-shim/host.key",
+		TrustAnchorARN: raTA, ProfileARN: raProfile, RoleARN: raRole,
+	}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	bad := RolesAnywhereConfig{
+		CertificateFile: "host.pem",
+		TrustAnchorARN:  strings.Replace(raTA, "trust-anchor", "profile", 1),
+		ProfileARN:      strings.Replace(raProfile, "eu-west-1", "us-east-1", 1),
+		RoleARN:         "arn:aws:iam::123456789012:user/bob",
+		Endpoint:        "http://rolesanywhere.example.com",
+		Duration:        13 * time.Hour,
+	}
+	err := bad.Validate()
+	var keys []string
+	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
+		k, _, _ := strings.Cut(line, ":")
+		keys = append(keys, k)
+	}
+	// profile_arn is well-formed; its region is compared only with a valid
+	// trust anchor ARN (below).
+	want := []string{"roles_anywhere.certificate", "roles_anywhere.private_key", "roles_anywhere.trust_anchor_arn",
+		"roles_anywhere.role_arn", "roles_anywhere.endpoint", "roles_anywhere.duration"}
+	if diff := cmp.Diff(want, keys); diff != "" {
+		t.Errorf("keys named (-want +got):\n%s\n%v", diff, err)
+	}
+	// Profile in another region than the trust anchor.
+	p := good
+	p.ProfileARN = strings.Replace(raProfile, "eu-west-1", "us-east-1", 1)
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "roles_anywhere.profile_arn") {
+		t.Errorf("profile in another region: %v", err)
+	}
+	ra, err := NewRolesAnywhere(good, RolesAnywhereOptions{})
+	if err != nil || ra.Endpoint() != "https://rolesanywhere.eu-west-1.amazonaws.com" || ra.Region() != "eu-west-1" {
+		t.Errorf("endpoint %q region %q, %v", ra.Endpoint(), ra.Region(), err)
+	}
+}
+
+// TestCheckRolesAnywhere: what `imds-shim check` learns from the files.
+func TestCheckRolesAnywhere(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name     string
+		opts     rafake.CertOptions
+		inter    bool
+		mangle   func(t *testing.T, e *raEnv, leaf *rafake.Issued)
+		problems []string // substrings, one per expected problem
+		warn     bool
+	}{
+		{name: "good with intermediate", inter: true},
+		{name: "good RSA", opts: rafake.CertOptions{KeyType: rafake.RSA2048}},
+		{name: "expires in 3 days", opts: rafake.CertOptions{NotAfter: now.Add(72 * time.Hour)}, warn: true},
+		{name: "expired", opts: rafake.CertOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}, problems: []string{"expired at"}},
+		{name: "CA as leaf", opts: rafake.CertOptions{IsCA: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, problems: []string{"is a CA certificate"}},
+		{name: "no digitalSignature", opts: rafake.CertOptions{KeyUsage: x509.KeyUsageKeyEncipherment}, problems: []string{"digitalSignature"}},
+		{name: "key mismatch and CA leaf at once", opts: rafake.CertOptions{IsCA: true}, mangle: func(t *testing.T, e *raEnv, _ *rafake.Issued) {
+			k, _ := rafake.GenerateKey(rafake.P256)
+			b, _ := rafake.KeyPEM(k, rafake.PKCS8)
+			os.WriteFile(e.keyFile, b, 0o600)
+		}, problems: []string{"does not belong", "is a CA certificate", "digitalSignature"}},
+		{name: "chain in wrong order", inter: true, mangle: func(t *testing.T, e *raEnv, leaf *rafake.Issued) {
+			// root where the intermediate should be.
+			os.WriteFile(e.certFile, rafake.CertsPEM(leaf.Cert, e.ca.Cert), 0o644)
+		}, problems: []string{"did not issue"}},
+		{name: "leaf after its issuer", inter: true, mangle: func(t *testing.T, e *raEnv, leaf *rafake.Issued) {
+			b, _ := os.ReadFile(e.certFile)
+			var blocks [][]byte
+			for {
+				var p *pem.Block
+				p, b = pem.Decode(b)
+				if p == nil {
+					break
+				}
+				blocks = append(blocks, pem.EncodeToMemory(p))
+			}
+			os.WriteFile(e.certFile, append(blocks[1], blocks[0]...), 0o644)
+		}, problems: []string{"does not belong", "is a CA certificate", "digitalSignature", "not a CA certificate", "did not issue"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRAEnv(t, nil)
+			leaf := e.install(t, tc.opts, tc.inter, rafake.PKCS8)
+			if tc.mangle != nil {
+				tc.mangle(t, e, leaf)
+			}
+			rep, err := CheckRolesAnywhere(RolesAnywhereConfig{CertificateFile: e.certFile, PrivateKeyFile: e.keyFile}, now)
+			var got []string
+			if err != nil {
+				got = strings.Split(err.Error(), "\n")
+			}
+			if len(got) != len(tc.problems) {
+				t.Fatalf("problems %q, want %d matching %q", got, len(tc.problems), tc.problems)
+			}
+			for i, p := range tc.problems {
+				if !strings.Contains(got[i], p) {
+					t.Errorf("problem %d = %q, want it to mention %q", i, got[i], p)
+				}
+			}
+			if (len(rep.Warnings) > 0) != tc.warn {
+				t.Errorf("warnings %q, want warning=%v", rep.Warnings, tc.warn)
+			}
+			if tc.mangle == nil {
+				if rep.Serial != leaf.Cert.SerialNumber.String() || rep.Subject != leaf.Cert.Subject.String() || !rep.NotAfter.Equal(leaf.Cert.NotAfter) {
+					t.Errorf("report %+v does not describe the leaf", rep)
+				}
+				if got, want := rep.ExpirySeconds(now), leaf.Cert.NotAfter.Sub(now).Seconds(); got != want {
+					t.Errorf("ExpirySeconds = %v, want %v", got, want)
+				}
+				if tc.inter != (rep.Intermediates == 1) {
+					t.Errorf("Intermediates = %d", rep.Intermediates)
+				}
+			}
+		})
 	}
 }

@@ -56,7 +56,7 @@ type CertOptions struct {
 	Key         crypto.Signer      // use this key instead of generating one
 	Serial      *big.Int           // default random 128-bit
 	NotBefore   time.Time          // default now - 1h (CAs: a year ago)
-	NotAfter    time.Time          // default now + 24h (CAs: in a year)
+	NotAfter    time.Time          // default now + 30 days (CAs: in a year)
 	IsCA        bool               // an (intermediate) CA
 	KeyUsage    x509.KeyUsage      // default digitalSignature (leaf) or certSign|CRLSign (CA)
 	NoKeyUsage  bool               // leave KeyUsage empty even for the default
@@ -97,7 +97,7 @@ func issue(parent *Issued, o CertOptions) (*Issued, error) {
 		}
 	}
 	if na.IsZero() {
-		na = now.Add(24 * time.Hour)
+		na = now.Add(30 * 24 * time.Hour)
 		if o.IsCA {
 			na = now.Add(365 * 24 * time.Hour)
 		}
