@@ -63,9 +63,8 @@ func CheckRolesAnywhere(cfg RolesAnywhereConfig, now time.Time) (CertificateRepo
 		bad("certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
 	case now.Before(leaf.NotBefore):
 		bad("certificate is not valid before %s (is the clock right?)", leaf.NotBefore.UTC().Format(time.RFC3339))
-	case leaf.NotAfter.Sub(now) < CertificateWarnBefore:
-		rep.Warnings = append(rep.Warnings, fmt.Sprintf("certificate expires at %s, in %s: renew it (imds-shim re-reads it at every refresh)",
-			leaf.NotAfter.UTC().Format(time.RFC3339), leaf.NotAfter.Sub(now).Round(time.Minute)))
+	default:
+		rep.Warnings = expiryWarnings(leaf, now)
 	}
 	if key != nil {
 		if err := keyMatches(leaf, key); err != nil {
@@ -97,6 +96,20 @@ func CheckRolesAnywhere(cfg RolesAnywhereConfig, now time.Time) (CertificateRepo
 		prev = c
 	}
 	return rep, errors.Join(errs...)
+}
+
+// expiryWarnings warns from CertificateWarnBefore before the expiry on.
+func expiryWarnings(leaf *x509.Certificate, now time.Time) []string {
+	left := leaf.NotAfter.Sub(now)
+	switch {
+	case left <= 0:
+		return []string{fmt.Sprintf("certificate expired at %s: renew it (imds-shim re-reads it at every refresh)",
+			leaf.NotAfter.UTC().Format(time.RFC3339))}
+	case left < CertificateWarnBefore:
+		return []string{fmt.Sprintf("certificate expires at %s, in %s: renew it (imds-shim re-reads it at every refresh)",
+			leaf.NotAfter.UTC().Format(time.RFC3339), left.Round(time.Minute))}
+	}
+	return nil
 }
 
 func describeCertificate(leaf *x509.Certificate, chain []*x509.Certificate) CertificateReport {

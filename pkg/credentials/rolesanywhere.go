@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -183,6 +184,9 @@ type RolesAnywhereOptions struct {
 	// Now defaults to time.Now; it stamps requests and judges certificate
 	// validity.
 	Now func() time.Time
+	// Logger is warned when a session is signed with a certificate that
+	// expires within CertificateWarnBefore; nil discards.
+	Logger *slog.Logger
 }
 
 // RolesAnywhere calls IAM Roles Anywhere's CreateSession with the
@@ -200,6 +204,7 @@ type RolesAnywhere struct {
 	duration time.Duration
 	client   *http.Client
 	now      func() time.Time
+	log      *slog.Logger
 
 	cacheOnce sync.Once
 	cache     *aws.CredentialsCache
@@ -225,6 +230,10 @@ func NewRolesAnywhere(cfg RolesAnywhereConfig, opts RolesAnywhereOptions) (*Role
 		duration: cfg.Duration,
 		client:   opts.HTTPClient,
 		now:      opts.Now,
+		log:      opts.Logger,
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
 	}
 	if r.endpoint == "" {
 		r.endpoint = "https://rolesanywhere." + region + "." + dnsSuffix(role.Partition)
@@ -304,7 +313,27 @@ func (r *RolesAnywhere) CreateSession(ctx context.Context, duration time.Duratio
 	if len(buf) > maxRAResponse {
 		return Credentials{}, &invalidResponseError{"Roles Anywhere CreateSession answer is larger than 1 MiB"}
 	}
-	return parseCreateSession(buf)
+	c, err := parseCreateSession(buf)
+	if err == nil && id.Leaf.NotAfter.Sub(now) < CertificateWarnBefore {
+		r.log.Warn("roles_anywhere certificate expires soon; renew it (it is re-read at every refresh)",
+			"certificate", r.cfg.CertificateFile, "subject", id.Leaf.Subject.String(),
+			"serial", id.Leaf.SerialNumber.String(), "expires", id.Leaf.NotAfter)
+	}
+	return c, err
+}
+
+// CertificateStatus reads the certificate file (not the key) and describes
+// it, for status and for imds_shim_certificate_expiry_seconds
+// (report.ExpirySeconds(now)); Warnings says when it expires within
+// CertificateWarnBefore or has expired.
+func (r *RolesAnywhere) CertificateStatus(now time.Time) (CertificateReport, error) {
+	leaf, chain, err := loadCertificates(r.cfg.CertificateFile)
+	if err != nil {
+		return CertificateReport{}, err
+	}
+	rep := describeCertificate(leaf, chain)
+	rep.Warnings = expiryWarnings(leaf, now)
+	return rep, nil
 }
 
 // newRequest builds and signs a CreateSession request.

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"math/rand/v2"
 	"net/http"
@@ -32,6 +33,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/imds-shim/imds-shim/pkg/internal/rafake"
+	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 const (
@@ -552,19 +554,32 @@ func TestKeyNeverInErrors(t *testing.T) {
 	_ = leaf
 }
 
-// leaks reports whether s contains a PEM key marker or any 12-character
-// run of the base64 or hex of a key file.
+// leaks reports whether s contains a PEM key marker, or any 12-character
+// run of a key file's text or of the hex or base64 of the DER in its PEM
+// blocks.
 func leaks(s string, files ...[]byte) bool {
 	if strings.Contains(s, "PRIVATE KEY-----") {
 		return true
 	}
+	var blobs []string
 	for _, f := range files {
-		for _, blob := range []string{string(f), hex.EncodeToString(f)} {
-			for _, line := range strings.Split(blob, "\n") {
-				for i := 0; i+12 <= len(line); i += 6 {
-					if !strings.HasPrefix(line, "-----") && strings.Contains(s, line[i:i+12]) {
-						return true
-					}
+		blobs = append(blobs, string(f))
+		for rest := f; ; {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			blobs = append(blobs, hex.EncodeToString(b.Bytes), base64.StdEncoding.EncodeToString(b.Bytes))
+		}
+	}
+	for _, blob := range blobs {
+		for _, line := range strings.Split(blob, "\n") {
+			if strings.HasPrefix(line, "-----") {
+				continue
+			}
+			for i := 0; i+12 <= len(line); i++ {
+				if strings.Contains(s, line[i:i+12]) {
+					return true
 				}
 			}
 		}
@@ -871,5 +886,45 @@ func TestCheckRolesAnywhere(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCertificateStatusAndExpiryWarning: the daemon's view of the
+// certificate (status, gauge) follows the file, and signing with a
+// certificate that expires within 7 days logs a warning.
+func TestCertificateStatusAndExpiryWarning(t *testing.T) {
+	e := newRAEnv(t, nil)
+	now := time.Now()
+	soon := e.install(t, rafake.CertOptions{NotAfter: now.Add(72 * time.Hour)}, false, rafake.SEC1)
+	logs := &syncbuf.Buffer{}
+	ra, err := NewRolesAnywhere(RolesAnywhereConfig{
+		CertificateFile: e.certFile, PrivateKeyFile: e.keyFile,
+		TrustAnchorARN: raTA, ProfileARN: raProfile, RoleARN: raRole, Endpoint: e.url,
+	}, RolesAnywhereOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ra.CreateSession(t.Context(), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ra.CertificateStatus(now)
+	if err != nil || len(rep.Warnings) != 1 || rep.Serial != soon.Cert.SerialNumber.String() ||
+		rep.ExpirySeconds(now) != soon.Cert.NotAfter.Sub(now).Seconds() {
+		t.Fatalf("status %+v, %v", rep, err)
+	}
+	key, _ := os.ReadFile(e.keyFile)
+	if n := strings.Count(logs.String(), "expires soon"); n != 1 || leaks(logs.String(), key) {
+		t.Fatalf("log (want one warning, no key):\n%s", logs.String())
+	}
+	later := e.install(t, rafake.CertOptions{NotAfter: now.Add(60 * 24 * time.Hour)}, false, rafake.SEC1)
+	if _, err := ra.CreateSession(t.Context(), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = ra.CertificateStatus(now)
+	if err != nil || len(rep.Warnings) != 0 || rep.Serial != later.Cert.SerialNumber.String() {
+		t.Fatalf("status after renewal %+v, %v", rep, err)
+	}
+	if n := strings.Count(logs.String(), "expires soon"); n != 1 {
+		t.Errorf("%d warnings after renewal, want still 1", n)
 	}
 }
