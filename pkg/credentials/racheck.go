@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -64,12 +65,16 @@ func CheckRolesAnywhere(cfg RolesAnywhereConfig, now time.Time) (CertificateRepo
 	case now.Before(leaf.NotBefore):
 		bad("certificate is not valid before %s (is the clock right?)", leaf.NotBefore.UTC().Format(time.RFC3339))
 	default:
-		rep.Warnings = expiryWarnings(leaf, now)
+		rep.Warnings = append(rep.Warnings, expiryWarnings(leaf, now)...)
 	}
 	if key != nil {
 		if err := keyMatches(leaf, key); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if fi, err := os.Stat(cfg.PrivateKeyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("private key %s is accessible to group or others (mode %04o); make it 0600 or 0400, owned by root",
+			cfg.PrivateKeyFile, fi.Mode().Perm()))
 	}
 	switch leaf.PublicKey.(type) {
 	case *rsa.PublicKey, *ecdsa.PublicKey:

@@ -826,6 +826,11 @@ func TestCheckRolesAnywhere(t *testing.T) {
 		{name: "good with intermediate", inter: true},
 		{name: "good RSA", opts: rafake.CertOptions{KeyType: rafake.RSA2048}},
 		{name: "expires in 3 days", opts: rafake.CertOptions{NotAfter: now.Add(72 * time.Hour)}, warn: true},
+		{name: "key readable by others", mangle: func(t *testing.T, e *raEnv, _ *rafake.Issued) {
+			if err := os.Chmod(e.keyFile, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, warn: true},
 		{name: "expired", opts: rafake.CertOptions{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}, problems: []string{"expired at"}},
 		{name: "CA as leaf", opts: rafake.CertOptions{IsCA: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, problems: []string{"is a CA certificate"}},
 		{name: "no digitalSignature", opts: rafake.CertOptions{KeyUsage: x509.KeyUsageKeyEncipherment}, problems: []string{"digitalSignature"}},
