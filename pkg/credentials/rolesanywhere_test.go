@@ -826,8 +826,8 @@ func TestCheckRolesAnywhere(t *testing.T) {
 		{name: "good with intermediate", inter: true},
 		{name: "good RSA", opts: rafake.CertOptions{KeyType: rafake.RSA2048}},
 		{name: "expires in 3 days", opts: rafake.CertOptions{NotAfter: now.Add(72 * time.Hour)}, warn: true},
-		{name: "key readable by others", mangle: func(t *testing.T, e *raEnv, _ *rafake.Issued) {
-			if err := os.Chmod(e.keyFile, 0o644); err != nil {
+		{name: "key readable by group", mangle: func(t *testing.T, e *raEnv, _ *rafake.Issued) {
+			if err := os.Chmod(e.keyFile, 0o640); err != nil {
 				t.Fatal(err)
 			}
 		}, warn: true},
