@@ -22,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/aws-sdk-go-v2/service/sts/types"
+	"github.com/aws/smithy-go"
 )
 
 // RolesAnywhereConfig is the roles_anywhere source: an X.509 certificate
@@ -414,13 +415,15 @@ func (e *RolesAnywhereAPIError) Error() string {
 func (e *RolesAnywhereAPIError) ErrorCode() string    { return e.Code }
 func (e *RolesAnywhereAPIError) ErrorMessage() string { return e.Message }
 
-// ErrorFault implements smithy.APIError (as an int-compatible fault).
-func (e *RolesAnywhereAPIError) ErrorFault() int {
+// ErrorFault implements smithy.APIError.
+func (e *RolesAnywhereAPIError) ErrorFault() smithy.ErrorFault {
 	if e.StatusCode >= 500 {
-		return 2 // smithy.FaultServer
+		return smithy.FaultServer
 	}
-	return 1 // smithy.FaultClient
+	return smithy.FaultClient
 }
+
+var _ smithy.APIError = (*RolesAnywhereAPIError)(nil)
 
 // errorClass is consulted by classify before anything else.
 func (e *RolesAnywhereAPIError) errorClass() string {

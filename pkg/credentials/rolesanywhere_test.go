@@ -30,6 +30,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awscreds "github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/imds-shim/imds-shim/pkg/internal/rafake"
@@ -500,6 +501,12 @@ func TestCreateSessionErrorClasses(t *testing.T) {
 			}
 			if got := classify(err); got != tc.class {
 				t.Errorf("class of %q = %s, want %s", err, got, tc.class)
+			}
+			var api smithy.APIError
+			if isAPI := errors.As(err, &api); isAPI != (tc.class != ClassCertificate && tc.class != ClassNetwork) {
+				t.Errorf("%q is an API error: %v", err, isAPI)
+			} else if isAPI && (api.ErrorCode() == "" || strings.Contains(api.ErrorCode(), ":")) {
+				t.Errorf("API error code %q", api.ErrorCode())
 			}
 			if c != (Credentials{}) {
 				t.Errorf("credentials returned with an error: %v", c)
