@@ -23,6 +23,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
 )
 
 // RolesAnywhereConfig is the roles_anywhere source: an X.509 certificate
@@ -114,13 +116,13 @@ func (c *RolesAnywhereConfig) Validate() error {
 		bad("role_arn", "is in partition %s but the trust anchor is in %s", arn.Partition, taPart)
 	}
 	if c.Endpoint != "" {
-		if err := checkEndpoint(c.Endpoint); err != nil {
+		if err := awsarn.CheckEndpoint(c.Endpoint); err != nil {
 			bad("endpoint", "%v", err)
 		} else if u, _ := url.Parse(c.Endpoint); u.Path != "" && u.Path != "/" {
 			bad("endpoint", "%q must not have a path; CreateSession is always /sessions", u.Redacted())
 		}
 	}
-	if c.Region != "" && !regionRE.MatchString(c.Region) {
+	if _, ok := awsarn.PartitionOfRegion(c.Region); c.Region != "" && !ok {
 		bad("region", "%q is not a region name such as eu-west-1", c.Region)
 	}
 	switch d := c.Duration; {
