@@ -23,6 +23,9 @@ type Role struct {
 	Key string
 	// Config is the refresher's configuration.
 	Config Config
+	// Source is an opaque digest of the source credentials (the files
+	// the SDK reads once per client): a new one makes new refreshers.
+	Source string
 	// PerCaller (roles[].caller_source_identity) makes one session per
 	// caller identity, with sts:SourceIdentity set to callers.Caller.Name;
 	// MaxCallers (roles[].max_caller_sessions) bounds them, least recently
@@ -79,7 +82,7 @@ type Set struct {
 
 // member is one distinct credential set.
 type member struct {
-	role    Role // Key: the entry that created it
+	role    Role   // Key: the entry that created it
 	name    string // the role's name, as listed under security-credentials/
 	label   string // metrics label
 	arn     RoleARN
