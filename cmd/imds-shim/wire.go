@@ -294,7 +294,7 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 		NewObserver: m.roleObserver,
 		Policy:      pol,
 		Previous:    prev,
-		AuditLog:    log.With("component", "audit"),
+		AuditLog:    log, // the line reads "caller uid=… unit=… role=… access_key_id=…"
 	})
 }
 
