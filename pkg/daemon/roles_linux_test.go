@@ -210,6 +210,35 @@ roles:
 		!strings.Contains(body, `imds_shim_refresh_attempts_total{role="rootrole"} 1`) {
 		t.Errorf("metrics lack the per-role series:\n%s", body)
 	}
+
+	// Reload with an entry for uid 1234 added: it gets its role; the
+	// unchanged roles keep their refreshers (no new STS call) and the
+	// per-caller role its session.
+	body += "  - role_arn: " + role("stranger") + "\n    users: [\"1234\"]\n"
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitNote("RELOADING=1", d)
+	if note := e.waitNote("READY=1", d); !strings.Contains(note, "stranger") {
+		t.Fatalf("after reload: %q\n%s", note, d.stderr)
+	}
+	tok = curlAs(t, stranger, "-X", "PUT", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60", "http://169.254.169.254/latest/api/token")
+	if got := curlAs(t, stranger, "-H", "X-aws-ec2-metadata-token: "+tok,
+		"http://169.254.169.254/latest/meta-data/iam/security-credentials/"); got != "stranger" {
+		t.Errorf("listing for uid 1234 after the reload = %q, want stranger", got)
+	}
+	_, metrics := httpGet(t, "http://127.0.0.1:9254/metrics")
+	for _, want := range []string{`imds_shim_refresh_attempts_total{role="rootrole"} 1`, `imds_shim_refresh_attempts_total{role="cgtest"} 1`,
+		`imds_shim_refresh_attempts_total{role="nobodyrole"} 1`, `imds_shim_refresh_attempts_total{role="stranger"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("after the reload, metrics lack %q (kept refreshers make no new call)", want)
+		}
+	}
+	out, _ = exec.Command(binary(t), "status", "--socket", filepath.Join(e.dir, "run", "control.sock")).CombinedOutput()
+	if !strings.Contains(string(out), "sessions:  1 of at most 4") {
+		t.Errorf("the per-caller session did not survive the reload:\n%s", out)
+	}
 }
 
 // makeUnitCgroup creates dir in the cgroup2 hierarchy and returns an fd for
