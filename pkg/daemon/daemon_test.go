@@ -127,6 +127,16 @@ func (c *fakeCreds) Current() (credentials.Credentials, error) {
 	return credentials.Credentials{AccessKeyID: "AKID", RoleARN: c.role, Expires: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, nil
 }
 
+// Failing names the roles the test says fail, as credentials.Set does.
+func (c *fakeCreds) Failing() []string {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	if err := c.w.fail["failing"]; err != nil {
+		return []string{err.Error()}
+	}
+	return nil
+}
+
 type fakeNet struct {
 	w    *world
 	link string
@@ -578,6 +588,12 @@ func TestHealthz(t *testing.T) {
 				w.setFail("current", credentials.ErrNoCredentials)
 				check(503, "unhealthy: no valid credentials")
 				w.setFail("current", nil)
+				check(200, "ok")
+				// One role failing while another serves: 200, naming it
+				// (a restart would not make STS accept it).
+				w.setFail("failing", errors.New("web (roles[0]): AccessDenied"))
+				check(200, "degraded: 1 role(s) without credentials (their callers get 500):\n  web (roles[0]): AccessDenied")
+				w.setFail("failing", nil)
 				check(200, "ok")
 			}
 		})
