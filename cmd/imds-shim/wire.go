@@ -386,4 +386,12 @@ func logWarnings(log *slog.Logger, c *config.Config, path string) {
 	for _, w := range c.FileWarnings(path) {
 		log.Warn("file permissions: "+w, "config", path)
 	}
+	if pol, err := callerPolicy(c); err == nil && pol != nil {
+		for _, u := range pol.Unresolved() {
+			log.Warn(u, "config", path)
+		}
+		if l := callers.DetectLayout(); !l.Units() && pol.UsesUnits() {
+			log.Warn("roles: units entries match nothing on this host: "+l.Describe(), "config", path)
+		}
+	}
 }

@@ -104,7 +104,7 @@ type member struct {
 
 	sessions *sessions // PerCaller only
 
-	amu     sync.Mutex
+	amu     sync.RWMutex
 	audited map[string]string // caller key → access key id last served
 	served  atomic.Uint64     // distinct callers served (see maxAudited)
 }
@@ -409,8 +409,14 @@ func (s *Set) ARNs() []string {
 // served1 writes the audit line the first time c is served a set.
 func (m *member) served1(c callers.Caller, cr Credentials) {
 	k := c.Key()
-	m.amu.Lock()
+	m.amu.RLock()
 	prev, ok := m.audited[k]
+	m.amu.RUnlock()
+	if ok && prev == cr.AccessKeyID {
+		return // the common case: readers only
+	}
+	m.amu.Lock()
+	prev, ok = m.audited[k]
 	if ok && prev == cr.AccessKeyID {
 		m.amu.Unlock()
 		return

@@ -354,3 +354,19 @@ func TestSetAuditsOncePerCallerAndSet(t *testing.T) {
 		}
 	}
 }
+
+func TestSetPerCallerOnlyIsNotFailingBeforeItsFirstCaller(t *testing.T) {
+	h := newSetHarness(t)
+	r := role("roles[0]", webRole)
+	r.PerCaller, r.MaxCallers = true, 4
+	s := h.newSet(t, []Role{r}, policy(t, "", callers.Entry{Role: "roles[0]", Users: []string{"nobody"}}), nil)
+	if err := s.Fetch(t.Context()); err != nil {
+		t.Fatalf("Fetch = %v, want nil: nothing to fetch before a caller", err)
+	}
+	if _, err := s.Current(); err == nil {
+		t.Error("Current gave credentials before any caller had a session")
+	}
+	if f := s.Failing(); len(f) != 0 {
+		t.Errorf("Failing = %q before any caller, want none", f)
+	}
+}

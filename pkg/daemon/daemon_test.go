@@ -131,10 +131,13 @@ func (c *fakeCreds) Current() (credentials.Credentials, error) {
 func (c *fakeCreds) Failing() []string {
 	c.w.mu.Lock()
 	defer c.w.mu.Unlock()
-	if err := c.w.fail["failing"]; err != nil {
-		return []string{err.Error()}
+	var out []string
+	for _, k := range []string{"current", "failing"} {
+		if err := c.w.fail[k]; err != nil && (k != "current" || c.w.fail["on-demand"] == nil) {
+			out = append(out, err.Error())
+		}
 	}
-	return nil
+	return out
 }
 
 type fakeNet struct {
@@ -594,6 +597,11 @@ func TestHealthz(t *testing.T) {
 				w.setFail("failing", errors.New("web (roles[0]): AccessDenied"))
 				check(200, "degraded: 1 role(s) without credentials (their callers get 500):\n  web (roles[0]): AccessDenied")
 				w.setFail("failing", nil)
+				check(200, "ok")
+				// Only per-caller roles, no caller yet: no credentials, but
+				// nothing fails either.
+				w.setFail("current", credentials.ErrNoCredentials)
+				w.setFail("on-demand", errors.New("sessions are made on demand"))
 				check(200, "ok")
 			}
 		})
