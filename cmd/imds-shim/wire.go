@@ -259,23 +259,36 @@ type lazyCaller struct{}
 // goroutine, on the first request that needs it (a token, a role).
 func identifyLazily(id *callers.Identifier) func(context.Context, net.Conn) context.Context {
 	return func(ctx context.Context, c net.Conn) context.Context {
-		return context.WithValue(ctx, lazyCaller{}, sync.OnceValue(func() callers.Caller { return id.Identify(c) }))
+		return context.WithValue(ctx, lazyCaller{}, sync.OnceValue(func() identified {
+			caller := id.Identify(c)
+			return identified{caller, caller.Key()}
+		}))
 	}
+}
+
+// identified is a connection's caller and its key, computed once.
+type identified struct {
+	caller callers.Caller
+	key    string
+}
+
+var notIdentified = identified{callers.Caller{Reason: "not identified"}, callers.Caller{}.Key()}
+
+func identifiedOf(ctx context.Context) identified {
+	if f, ok := ctx.Value(lazyCaller{}).(func() identified); ok {
+		return f()
+	}
+	return notIdentified
 }
 
 // callerOf returns the caller of a request's connection; Unidentified when
 // the connection was not identified (never someone else).
-func callerOf(ctx context.Context) callers.Caller {
-	if f, ok := ctx.Value(lazyCaller{}).(func() callers.Caller); ok {
-		return f()
-	}
-	return callers.Caller{Reason: "not identified"}
-}
+func callerOf(ctx context.Context) callers.Caller { return identifiedOf(ctx).caller }
 
 // tokenBinding binds IMDSv2 tokens to the caller's identity (its uid and
 // unit, or a container's address), roles or not: a token that leaks to
 // another user or service is refused with 401.
-func tokenBinding(r *http.Request) string { return callerOf(r.Context()).Key() }
+func tokenBinding(r *http.Request) string { return identifiedOf(r.Context()).key }
 
 // network adapts *netredirect.Redirector to daemon.Network and StatusReporter.
 type network struct{ *netredirect.Redirector }

@@ -222,6 +222,7 @@ func TestSetReloadKeepsUnchangedRefreshers(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
+	old.Acquire() // running before Run's goroutine gets to it
 	go func() { old.Run(ctx); close(done) }()
 
 	// The host role is unchanged, web's duration changed: only web is

@@ -26,6 +26,7 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/imds-shim/imds-shim/pkg/callers"
@@ -103,7 +104,20 @@ roles:
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	netBefore := netState(t)
 	d := e.serve(cfg)
+	// However it ends, stop the daemon so that it removes what it
+	// installed in this namespace, which later tests share.
+	defer func() {
+		d.cmd.Process.Signal(syscall.SIGCONT)
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		if code := d.wait(t); code != 0 {
+			t.Errorf("exit code %d after SIGTERM", code)
+		}
+		if diff := cmp.Diff(netBefore, netState(t)); diff != "" {
+			t.Errorf("namespace changed by a serve/stop cycle (-before +after):\n%s", diff)
+		}
+	}()
 	ready := e.waitNote("READY=1", d)
 	if !strings.Contains(ready, "STATUS=serving cgtest, rootrole, nobodyrole") {
 		t.Errorf("READY message %q", ready)
