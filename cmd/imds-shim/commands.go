@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -242,7 +244,8 @@ func printRole(w io.Writer, r credentials.RoleStatus) {
 		fmt.Fprintf(w, "  sessions:  %d of at most %d (one per caller)\n", r.Sessions, r.MaxSessions)
 		states = r.Session
 	}
-	for caller, cs := range states {
+	for _, caller := range slices.Sorted(maps.Keys(states)) {
+		cs := states[caller]
 		who := ""
 		if caller != "" {
 			who = "  caller " + caller + ":"
