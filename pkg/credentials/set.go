@@ -256,6 +256,20 @@ func (s *Set) Acquire() {
 	})
 }
 
+// Discard stops what a Set that never ran started (the sessions of its
+// per-caller roles, made while a reload that was then rejected had switched
+// the handler over), leaving the sets it shares with a running Set alone.
+func (s *Set) Discard() {
+	for _, m := range s.roles {
+		m.mu.Lock()
+		idle := m.refs == 0
+		m.mu.Unlock()
+		if idle {
+			m.cancel()
+		}
+	}
+}
+
 // Run refreshes every credential set until ctx ends, then stops those no
 // newer Set runs (and their callers' sessions).
 func (s *Set) Run(ctx context.Context) error {

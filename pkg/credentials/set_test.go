@@ -371,3 +371,36 @@ func TestSetPerCallerOnlyIsNotFailingBeforeItsFirstCaller(t *testing.T) {
 		t.Errorf("Failing = %q before any caller, want none", f)
 	}
 }
+
+func TestSetDiscardStopsOnlyWhatItStarted(t *testing.T) {
+	h := newSetHarness(t)
+	pol := policy(t, "role_arn", callers.Entry{Role: "roles[0]", Users: []string{"nobody"}})
+	old := h.newSet(t, []Role{role("role_arn", hostRole)}, nil, nil)
+	if err := old.Fetch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	old.Acquire()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go old.Run(ctx)
+	web := role("roles[0]", webRole)
+	web.PerCaller, web.MaxCallers = true, 4
+	next := h.newSet(t, []Role{role("role_arn", hostRole), web}, pol, old)
+	if err := next.Fetch(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := roleOf(next, nobody); !ok { // a session, started while the reload was on
+		t.Fatal("no session")
+	}
+	next.Discard()
+	ended := make(chan struct{})
+	go func() { next.byKey["roles[0]"].sessions.waitAll(); close(ended) }()
+	select {
+	case <-ended: // the session's loop has returned
+	case <-time.After(10 * time.Second):
+		t.Fatal("the discarded set's session still runs")
+	}
+	if err := old.byKey["role_arn"].base.Err(); err != nil {
+		t.Errorf("the shared refresher was stopped: %v", err)
+	}
+}

@@ -54,6 +54,13 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		if newCreds, err = d.deps.NewCredentials(ctx, cfg); err != nil {
 			return fmt.Errorf("preparing credentials: %w", err)
 		}
+		defer func() {
+			// A rejected reload: stop what only the new engine started
+			// (per-caller sessions made while its handler was up).
+			if dc, ok := newCreds.(discarder); ok && err != nil {
+				dc.Discard()
+			}
+		}()
 		fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
 		err = newCreds.Fetch(fctx)
 		cancel()
@@ -157,6 +164,10 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 // acquirer is an engine (credentials.Set) that can take over the
 // refreshers it shares with the engine it replaces before that one stops.
 type acquirer interface{ Acquire() }
+
+// discarder is an engine that can release what it started without ever
+// having run (credentials.Set), for a rejected reload.
+type discarder interface{ Discard() }
 
 // listenerHandover is how long an old listener keeps accepting after the
 // redirect moved to the new one: far longer than a SYN takes on this host.
