@@ -144,10 +144,11 @@ func networkConfig(c *config.Config) netredirect.Config {
 // rebuild: each component's own Config, built by the functions above.
 func components(c *config.Config) daemon.Components {
 	comp := daemon.Components{
-		// The SDK reads the source files once per client, so a rotated
-		// key in an unchanged path is a change too.
 		// Every credential set and the caller table: a change builds a
 		// new Set, which keeps the refreshers whose Role is unchanged.
+		// Each Role carries the source files' digest: the SDK reads them
+		// once per client, so a rotated key in an unchanged path is a
+		// change too.
 		Credentials: struct {
 			Roles        []credentials.Role
 			Matchers     []config.Role
