@@ -124,6 +124,10 @@ func TestRolesEachCallerSeesOnlyItsOwn(t *testing.T) {
 		if tc.caller != nil {
 			who = tc.caller.String()
 		}
+		listing := get("/latest/meta-data/").Body.String()
+		if hasIAM := strings.Contains("\n"+listing+"\n", "\niam/\n"); hasIAM != (tc.role != "") || !strings.Contains(listing, "instance-id") {
+			t.Errorf("%s: meta-data/ lists iam/: %v, want %v (EC2 lists it only with a profile):\n%s", who, hasIAM, tc.role != "", listing)
+		}
 		if tc.role == "" {
 			for _, p := range []string{sc, "/latest/meta-data/iam/", "/latest/meta-data/iam/info", sc + "host", sc + "web",
 				"/latest/meta-data/iam/security-credentials-extended/host"} {

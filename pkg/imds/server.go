@@ -114,6 +114,8 @@ type state struct {
 	single   *roleView            // the one role, without Roles
 	views    map[string]*roleView // by ARN, with Roles
 	iamDir   *node                // meta-data/iam's listing, with Roles
+	// metaNoIAM is meta-data/'s listing for a caller without a role.
+	metaNoIAM response
 }
 
 // roleView is what one role's callers see under meta-data/iam/ and in the
@@ -244,6 +246,13 @@ func (s *Server) newState(cfg Config, src CredentialSource) (*state, error) {
 		st.roles = r
 		st.views = map[string]*roleView{}
 		st.iamDir = &node{kind: kindIAMDir, resp: t["meta-data/iam"].resp}
+		var kept []string
+		for l := range strings.SplitSeq(string(t["meta-data"].resp.body), "\n") {
+			if l != "iam/" {
+				kept = append(kept, l)
+			}
+		}
+		st.metaNoIAM = newResponse([]byte(strings.Join(kept, "\n")), hdrTextPlain)
 		for _, arn := range append([]string{cfg.RoleARN}, cfg.Roles...) {
 			if arn == "" || st.views[arn] != nil {
 				continue
@@ -617,6 +626,12 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	}
 	if n == nil {
 		return class, s.fail(w, r, http.StatusNotFound)
+	}
+	if n.kind == kindStatic && rest == "meta-data" && st.roles != nil {
+		// EC2 lists iam/ only on an instance with a profile.
+		if v, _ := st.role(r); v == nil {
+			return class, s.write(w, r, http.StatusOK, st.metaNoIAM)
+		}
 	}
 	if n.kind == kindStatic {
 		return class, s.write(w, r, http.StatusOK, n.resp)
