@@ -102,4 +102,28 @@
 // Run sleeps at most five minutes at a time and schedules in wall-clock
 // time, since expiries are wall-clock and monotonic timers stop while a VM
 // is paused.
+//
+// # Roles
+//
+// A Set holds one Refresher per configured credential set — the top-level
+// role_arn and each distinct roles entry (entries with identical options
+// share one) — keyed by the YAML key that gives it, and a callers.Policy that
+// picks a caller's entry. For answers from memory which role a caller gets and
+// the source of its credentials. Fetch makes every first attempt at once: at
+// start it fails only when no role serves (a failing role's callers get 500
+// while its refresher keeps trying in Run); on a reload (SetOptions.Previous)
+// any new role that fails rejects the reload. A reload keeps the refreshers
+// whose settings are unchanged, with their credentials, schedule and
+// sessions: each refresher counts the Sets running it and stops when the
+// last one does (Acquire lets the new Set take over first).
+//
+// A role with PerCaller (caller_source_identity) has one session per caller
+// identity (callers.Caller.Key), with sts:SourceIdentity set to the caller's
+// Name, made on the caller's first request and kept in an LRU bounded by
+// MaxCallers; an evicted session stops refreshing. A caller's first
+// credentials request waits up to SetOptions.FirstWait for its session.
+//
+// The Source a caller is given logs one audit line ("caller uid=… unit=…
+// role=… access_key_id=…") the first time that caller is served each
+// credential set, remembering at most 4096 callers per role.
 package credentials
