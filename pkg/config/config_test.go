@@ -103,6 +103,7 @@ func TestErrors(t *testing.T) {
 		return b.String()
 	}
 	entry := "roles:\n  - role_arn: arn:aws:iam::123456789012:role/web\n    users: [www-data]\n"
+	boot := "role_arn: arn:aws:iam::123456789012:role/boot\n" // roles_anywhere.role_arn, served directly
 	tests := []struct {
 		name, in string
 		keys     []string
@@ -217,6 +218,17 @@ func TestErrors(t *testing.T) {
 		{"roles_anywhere exclusive", minimal + "credentials_file: /c\n" + ra(""), []string{"roles_anywhere"}, "credentials_file"},
 		{"roles_anywhere endpoint", minimal + ra("  endpoint: ftp://x\n"), []string{"roles_anywhere.endpoint"}, "http"},
 		{"roles_anywhere duration", minimal + ra("  duration: 13h\n"), []string{"roles_anywhere.duration"}, "15m..12h"},
+		{"roles_anywhere endpoint path", minimal + ra("  endpoint: https://ra.example.com/v1\n"), []string{"roles_anywhere.endpoint"}, "must not have a path"},
+		{"roles_anywhere chained duration", minimal + "duration: 2h\n" + ra(""), []string{"duration"}, "role chaining"},
+		{"roles_anywhere chained entry inherits duration", boot + "duration: 2h\n" + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/web', users: [www-data]}\n",
+			[]string{"roles[0].duration"}, "inherited from the top-level duration"},
+		{"roles_anywhere direct takes no options", boot + ra("") + "policy: '{}'\npolicy_arns: ['arn:aws:iam::aws:policy/ReadOnlyAccess']\n" +
+			"tags: {team: a}\ntransitive_tag_keys: [team]\nexternal_id: ext-1\nsource_identity: me-1\n",
+			[]string{"policy", "policy_arns", "tags", "transitive_tag_keys", "external_id", "source_identity"}, "served from CreateSession directly"},
+		{"roles_anywhere direct entry inherits tags", minimal + "tags: {team: a}\n" + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [www-data]}\n",
+			[]string{"roles[0].tags"}, "inherited from the top-level tags"},
+		{"roles_anywhere direct entry caller_source_identity", minimal + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [www-data], caller_source_identity: true}\n",
+			[]string{"roles[0].caller_source_identity"}, "no source identity"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -360,7 +372,7 @@ func TestRolesAnywhereModel(t *testing.T) {
   trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
   profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/1f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
   role_arn: arn:aws:iam::123456789012:role/host-bootstrap
-role_arn: arn:aws:iam::123456789012:role/app
+role_arn: arn:aws:iam::123456789012:role/host-bootstrap
 duration: 3h
 `
 	c, err := Parse([]byte(in))
@@ -370,6 +382,22 @@ duration: 3h
 	ra := c.RolesAnywhere
 	if ra.Region() != "eu-west-1" || ra.RoleARN.Name != "host-bootstrap" || ra.Duration.D() != 3*time.Hour || ra.ProfileARN.Kind != awsarn.Profile {
 		t.Errorf("decoded %+v", ra)
+	}
+	// A chained entry that sets its own duration within 1h, beside the
+	// directly served top-level role of 3h, and a directly served entry
+	// that empties the options it would inherit: valid.
+	ok := in + `tags: {team: a}
+roles:
+  - {role_arn: 'arn:aws:iam::123456789012:role/web', users: [www-data], duration: 1h, tags: {team: b}}
+  - {role_arn: 'arn:aws:iam::123456789012:role/host-bootstrap', users: [backup], tags: {}}
+`
+	if _, err := Parse([]byte(ok)); err == nil || !strings.Contains(err.Error(), "tags:") {
+		// the top-level role is the direct one: its own tags are refused
+		t.Errorf("top-level tags on the direct role: %v", err)
+	}
+	ok = strings.Replace(ok, "tags: {team: a}\n", "", 1)
+	if _, err := Parse([]byte(ok)); err != nil {
+		t.Errorf("valid mix of chained and direct roles: %v", err)
 	}
 }
 
