@@ -458,6 +458,26 @@ func TestFileWarnings(t *testing.T) {
 	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "config file "+cfg) || !strings.Contains(ws[0], "writable by other users") {
 		t.Errorf("group-writable config: %q", ws)
 	}
+	os.Chmod(cfg, 0o600)
+	// The Roles Anywhere private key is a secret file too.
+	c, err = Parse([]byte(`role_arn: arn:aws:iam::123456789012:role/boot
+roles_anywhere:
+  certificate: /etc/imds-shim/host.pem
+  private_key: ` + key + `
+  trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  role_arn: arn:aws:iam::123456789012:role/boot
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws := c.FileWarnings(cfg); len(ws) != 0 {
+		t.Errorf("0600 key warns: %q", ws)
+	}
+	os.Chmod(key, 0o640)
+	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "roles_anywhere.private_key "+key) || !strings.Contains(ws[0], "readable by other users") {
+		t.Errorf("group-readable private key: %q", ws)
+	}
 }
 
 func TestLoad(t *testing.T) {
