@@ -162,6 +162,18 @@ func stsClientFor(ctx context.Context, cc credentials.Config, c *config.Config) 
 	return credentials.NewRolesAnywhereSTSClient(ctx, cc, ra)
 }
 
+// expiresIn says how long a certificate has left, in days and hours.
+func expiresIn(d time.Duration) string {
+	if d <= 0 {
+		return "EXPIRED"
+	}
+	days, hours := int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour)
+	if days == 0 {
+		return fmt.Sprintf("expires in %s", d.Round(time.Minute))
+	}
+	return fmt.Sprintf("expires in %dd %dh", days, hours)
+}
+
 // servedRoles lists the roles the file serves, by key, the top-level role
 // first.
 func servedRoles(c *config.Config) [][2]string {
@@ -189,37 +201,41 @@ func checkRolesAnywhere(stdout, stderr io.Writer, c *config.Config) int {
 		return 0
 	}
 	ra := c.RolesAnywhere
-	fmt.Fprintf(stdout, "roles_anywhere: role %s, trust anchor %s, profile %s, region %s\n",
-		ra.RoleARN, ra.TrustAnchorARN.ARN, ra.ProfileARN.ARN, ra.Region())
+	endpoint := ra.Endpoint
 	if src, err := credentials.NewRolesAnywhere(rc, credentials.RolesAnywhereOptions{}); err == nil {
-		fmt.Fprintf(stdout, "           endpoint %s\n", src.Endpoint())
+		endpoint = src.Endpoint()
 	}
+	fmt.Fprintf(stdout, "source:    roles_anywhere: CreateSession at %s for %s\n", endpoint, ra.RoleARN)
+	fmt.Fprintf(stdout, "           trust anchor %s\n", ra.TrustAnchorARN.ARN)
+	fmt.Fprintf(stdout, "           profile      %s\n", ra.ProfileARN.ARN)
 	now := time.Now()
 	rep, err := credentials.CheckRolesAnywhere(rc, now)
 	if rep.Serial != "" {
-		fmt.Fprintf(stdout, "certificate: %s\n", rc.CertificateFile)
-		fmt.Fprintf(stdout, "  subject:   %s\n", rep.Subject)
-		fmt.Fprintf(stdout, "  serial:    %s\n", rep.Serial)
-		fmt.Fprintf(stdout, "  issuer:    %s\n", rep.Issuer)
-		for i, s := range rep.Chain {
-			fmt.Fprintf(stdout, "  chain[%d]:  %s\n", i, s)
-		}
+		fmt.Fprintf(stdout, "cert:      %s\n", rc.CertificateFile)
+		fmt.Fprintf(stdout, "           subject  %s\n", rep.Subject)
+		fmt.Fprintf(stdout, "           serial   %s\n", rep.Serial)
+		fmt.Fprintf(stdout, "           issuer   %s\n", rep.Issuer)
 		if len(rep.Chain) == 0 {
-			fmt.Fprintf(stdout, "  chain:     none in the file (the leaf's issuer must be the trust anchor's CA)\n")
+			fmt.Fprintf(stdout, "           chain    none in the file: the issuer must be the trust anchor's CA itself\n")
 		}
-		fmt.Fprintf(stdout, "  key:       %s (%s), %s\n", rep.KeyType, rep.Algorithm, rc.PrivateKeyFile)
-		fmt.Fprintf(stdout, "  valid:     %s to %s (expires in %s)\n", rep.NotBefore.UTC().Format(time.RFC3339),
-			rep.NotAfter.UTC().Format(time.RFC3339), rep.NotAfter.Sub(now).Round(time.Minute))
+		for i, s := range rep.Chain {
+			fmt.Fprintf(stdout, "           chain[%d] %s\n", i, s)
+		}
+		fmt.Fprintf(stdout, "           key      %s (%s) in %s\n", rep.KeyType, rep.Algorithm, rc.PrivateKeyFile)
+		fmt.Fprintf(stdout, "           valid    %s to %s (%s)\n", rep.NotBefore.UTC().Format(time.RFC3339),
+			rep.NotAfter.UTC().Format(time.RFC3339), expiresIn(rep.NotAfter.Sub(now)))
 	}
 	for _, w := range rep.Warnings {
-		fmt.Fprintf(stdout, "warning:   roles_anywhere.certificate: %s\n", w)
+		fmt.Fprintf(stdout, "warning:   roles_anywhere: %s\n", w)
 	}
+	label := "served:   "
 	for _, r := range servedRoles(c) {
 		if r[1] == ra.RoleARN.String() {
-			fmt.Fprintf(stdout, "  %s %s: served from CreateSession directly (up to 12h; no session policy, tags or external ID)\n", r[0], r[1])
+			fmt.Fprintf(stdout, "%s %s %s: directly from CreateSession (up to 12h)\n", label, r[0], r[1])
 		} else {
-			fmt.Fprintf(stdout, "  %s %s: chained from the Roles Anywhere session (AWS caps role chaining at 1h)\n", r[0], r[1])
+			fmt.Fprintf(stdout, "%s %s %s: chained from the Roles Anywhere session; AWS caps role chaining at 1h\n", label, r[0], r[1])
 		}
+		label = "          "
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "imds-shim check: roles_anywhere: %v\n", err)

@@ -158,14 +158,16 @@ func TestCheckRolesAnywhere(t *testing.T) {
 		t.Fatalf("exit %d\n%s%s", code, &out, &errb)
 	}
 	for _, want := range []string{
-		"subject:   CN=host-a.fleet.example",
-		"serial:    " + leaf.cert.SerialNumber.String(),
-		"issuer:    CN=Example Fleet Issuing CA",
-		"chain[0]:  CN=Example Fleet Issuing CA",
-		"key:       ECDSA-P-256 (AWS4-X509-ECDSA-SHA256), " + f.key,
-		"warning:   roles_anywhere.certificate: certificate expires at",
-		"role_arn " + raTestBoot + ": served from CreateSession directly",
-		"roles[0] " + raTestWeb + ": chained from the Roles Anywhere session (AWS caps role chaining at 1h)",
+		"cert:      " + f.cert,
+		"           subject  CN=host-a.fleet.example",
+		"           serial   " + leaf.cert.SerialNumber.String(),
+		"           issuer   CN=Example Fleet Issuing CA",
+		"           chain[0] CN=Example Fleet Issuing CA",
+		"           key      ECDSA-P-256 (AWS4-X509-ECDSA-SHA256) in " + f.key,
+		"(expires in 2d 23h)",
+		"warning:   roles_anywhere: certificate expires at",
+		"served:    role_arn " + raTestBoot + ": directly from CreateSession (up to 12h)",
+		"           roles[0] " + raTestWeb + ": chained from the Roles Anywhere session; AWS caps role chaining at 1h",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check output lacks %q:\n%s", want, &out)

@@ -336,8 +336,8 @@ func TestServeRolesAnywhere(t *testing.T) {
 
 	// check sees the certificate the daemon will use.
 	out, err := exec.Command(binary(t), "check", "-c", e.cfg, "--no-sts").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "serial:    "+first.Cert.SerialNumber.String()) ||
-		!strings.Contains(string(out), "role_arn "+raBoot+": served from CreateSession directly") {
+	if err != nil || !strings.Contains(string(out), "serial   "+first.Cert.SerialNumber.String()) ||
+		!strings.Contains(string(out), "role_arn "+raBoot+": directly from CreateSession") {
 		t.Errorf("check: %v\n%s", err, out)
 	}
 
