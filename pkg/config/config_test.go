@@ -425,6 +425,43 @@ func TestWarnings(t *testing.T) {
 	}
 }
 
+// TestRolesAnywhereSessionNameWarning: a session name set for the directly
+// served role is valid but unused; saying so beats a silent surprise in
+// CloudTrail.
+func TestRolesAnywhereSessionNameWarning(t *testing.T) {
+	const ra = `roles_anywhere:
+  certificate: /etc/imds-shim/host.pem
+  private_key: /etc/imds-shim/host.key
+  trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  role_arn: arn:aws:iam::123456789012:role/boot
+network: {manage: false}
+`
+	for _, tc := range []struct {
+		in   string
+		keys []string
+	}{
+		{"role_arn: arn:aws:iam::123456789012:role/boot\n" + ra, nil},
+		{"role_arn: arn:aws:iam::123456789012:role/boot\nsession_name: host-a\n" + ra, []string{"session_name"}},
+		{"role_arn: arn:aws:iam::123456789012:role/app\nsession_name: host-a\n" + ra, nil},
+		{"role_arn: arn:aws:iam::123456789012:role/app\nsession_name: host-a\n" + ra +
+			"roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [a], session_name: boot-a}\n" +
+			"  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [b]}\n", []string{"roles[0].session_name"}},
+	} {
+		c, err := Parse([]byte(tc.in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, w := range c.Warnings() {
+			keys = append(keys, w.Key)
+		}
+		if d := cmp.Diff(tc.keys, keys); d != "" {
+			t.Errorf("warnings (-want +got):\n%s\n%s", d, tc.in)
+		}
+	}
+}
+
 func TestFileWarnings(t *testing.T) {
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "credentials")
