@@ -96,7 +96,8 @@ DEB=$WORK/pkgs/$(basename "$DEB") RPM=$WORK/pkgs/$(basename "$RPM") DIST=$WORK/p
 # comments: what must be identical before and after.
 host_state() {
 	{
-		echo "## addresses"; ip -o addr show | sed 's/ valid_lft.*//'
+		echo "## addresses"; ip -o addr show | sed -e 's/ valid_lft.*//' -e 's/^[0-9]*: //' \
+			-e 's/ \(tentative\|dadfailed\|optimistic\|deprecated\|noprefixroute\)//g'
 		echo "## links"; ip -o link show | awk '{print $2}'
 		echo "## netns"; ip netns list
 		for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
@@ -252,7 +253,10 @@ step "guest booted ($state)"
 # chains are only compared where their policy is not ACCEPT.
 guest_net() {
 	gsh '
-	echo "## addresses"; ip -o addr show | sed "s/ valid_lft.*//"
+	# No interface index, lifetime or DAD flag (tentative, dadfailed, ...):
+	# a fresh link-local address is tentative for a second or two.
+	echo "## addresses"; ip -o addr show | sed -e "s/ valid_lft.*//" -e "s/^[0-9]*: //" \
+		-e "s/ \(tentative\|dadfailed\|optimistic\|deprecated\|noprefixroute\)//g"
 	echo "## links"; ip -o link show | awk "{print \$2}"
 	for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
 		echo "## $t"
