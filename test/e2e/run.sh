@@ -69,7 +69,7 @@ expect_same() {
 for c in systemd-nspawn mmdebstrap nsenter ip iptables-save iptables-legacy-save rpm dpkg-deb curl flock go; do
 	command -v "$c" >/dev/null || die "missing $c (apt-get install systemd-container mmdebstrap rpm iptables iproute2 curl)"
 done
-python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator; see ../shared/TESTENV.md §3)"
+python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator, python3 -m moto.server; pip install 'moto[server]')"
 shopt -s nullglob
 debs=("$DIST"/imds-shim_*_amd64.deb)
 rpms=("$DIST"/imds-shim-*.x86_64.rpm)
