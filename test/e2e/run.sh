@@ -99,6 +99,10 @@ host_state() { "$HS" snapshot --netns > "$1"; }
 expect_same() {
 	if "$HS" diff "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
 }
+# expect_same_lines WHAT FILE_WANT FILE_GOT: two plain lists, e.g. of paths.
+expect_same_lines() {
+	if diff -u "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
+}
 # facts SNAPSHOT: one fact a line, for grep.
 facts() { "$HS" show "$1"; }
 
@@ -431,7 +435,7 @@ expect_eq "purge stops the daemon" inactive "$(g systemctl is-active imds-shim 2
 expect_eq "systemd forgot the unit" "" "$(g systemctl list-units --all --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
 expect_eq "no unit file left" "" "$(g systemctl list-unit-files --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
 guest_files "$WORK/files.purged"
-expect_same "apt purge leaves no file of imds-shim (find / -iname '*imds*')" "$WORK/files.pristine" "$WORK/files.purged"
+expect_same_lines "apt purge leaves no file of imds-shim (find / -iname '*imds*')" "$WORK/files.pristine" "$WORK/files.purged"
 guest_net "$WORK/net.purged"
 expect_same "apt purge leaves addresses and iptables as before install" "$WORK/net.pristine" "$WORK/net.purged"
 expect_eq "dpkg knows nothing of imds-shim" "" "$(g dpkg-query -W -f='${db:Status-Abbrev}' imds-shim 2>/dev/null || true)"
