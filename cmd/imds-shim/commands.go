@@ -32,20 +32,36 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return daemon.ExitConfig
 	}
 	fmt.Fprintf(stdout, "config:    %s: ok\n", *cfgPath)
-	fmt.Fprintf(stdout, "role:      %s\n", c.RoleARN)
+	for _, w := range c.Warnings() {
+		fmt.Fprintf(stdout, "warning:   %s: %s\n", w.Key, w.Msg)
+	}
+	for _, w := range c.FileWarnings(*cfgPath) {
+		fmt.Fprintf(stdout, "warning:   %s\n", w)
+	}
+	if !c.RoleARN.IsZero() {
+		fmt.Fprintf(stdout, "role:      %s\n", c.RoleARN)
+	}
+	for i, r := range c.Roles {
+		fmt.Fprintf(stdout, "roles[%d]:  %s\n", i, r.RoleARN)
+	}
 	fmt.Fprintf(stdout, "listener:  %s (tokens %s, hop limit %d)\n", c.IMDS.Listen, c.IMDS.Tokens, c.IMDS.HopLimit)
-	if l := c.MetricsListen(); l != "" {
+	fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(c.IMDS.Listen))
+	if l := c.Metrics.Listen; l.IsValid() {
 		fmt.Fprintf(stdout, "metrics:   http://%s/metrics\n", l)
+		fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(l))
 	} else {
 		fmt.Fprintf(stdout, "metrics:   off\n")
 	}
 	if c.ManageNetwork() {
-		nc, _ := networkConfig(c)
-		fmt.Fprintf(stdout, "network plan:\n%s", indent(nc.Render()))
+		fmt.Fprintf(stdout, "network plan:\n%s", indent(networkConfig(c).Render()))
 	} else {
 		fmt.Fprintf(stdout, "network:   not managed; clients use AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%s/\n", c.IMDS.Listen)
 	}
 	if *noSTS {
+		return 0
+	}
+	if c.RoleARN.IsZero() {
+		fmt.Fprintf(stdout, "sts:       skipped: no top-level role_arn to try\n")
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.StartTimeout.D())
@@ -61,7 +77,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	cur, _ := r.Current()
 	fmt.Fprintf(stdout, "sts:       ok: assumed %s, credentials expire %s (in %s)\n",
-		c.RoleARN, cur.Expires.UTC().Format(time.RFC3339), time.Until(cur.Expires).Round(time.Second))
+		c.RoleARN.String(), cur.Expires.UTC().Format(time.RFC3339), time.Until(cur.Expires).Round(time.Second))
 	return 0
 }
 

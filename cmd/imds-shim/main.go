@@ -129,7 +129,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parse(fs, args, stdout); !ok {
 		return code
 	}
-	logs := newLogging(stderr, *cfgPath)
+	// The file is read once here; the daemon's first Load is this result.
+	cfg, cfgErr := loadConfig(*cfgPath)
+	logs := newLogging(stderr, cfg)
 	log := logs.logger
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -147,7 +149,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	deps, err := productionDeps(log, logs, *rt)
+	deps, err := productionDeps(log, logs, *rt, cfg, cfgErr)
 	if err != nil {
 		log.Error("imds-shim failed to start", "err", err)
 		return daemon.ExitFailure
@@ -163,17 +165,17 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// logging builds the logger from the config's log keys when the file can be
-// read; the level follows reloads.
+// logging builds the logger from the config's log keys when the file is
+// valid (text at info otherwise); the level follows reloads.
 type logging struct {
 	logger *slog.Logger
 	level  *slog.LevelVar
 }
 
-func newLogging(w io.Writer, cfgPath string) *logging {
+func newLogging(w io.Writer, c *config.Config) *logging {
 	l := &logging{level: new(slog.LevelVar)}
-	format := "text"
-	if c, err := config.Load(cfgPath); err == nil {
+	format := config.DefaultLogFormat
+	if c != nil {
 		format = c.Log.Format
 		l.setLevel(c.Log.Level)
 	}

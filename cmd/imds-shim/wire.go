@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -22,12 +22,13 @@ import (
 	"github.com/imds-shim/imds-shim/pkg/netredirect"
 )
 
-// This file is the composition root: it turns the one YAML file into each
-// package's own Config and connects the real components to the daemon.
+// This file is the composition root: the one place that turns the validated
+// configuration model (pkg/config) into each component's own Config, and
+// connects the real components to the daemon.
 
 func credentialsConfig(c *config.Config) credentials.Config {
 	cc := credentials.Config{
-		RoleARN: c.RoleARN, SessionName: c.SessionName, Duration: c.Duration.D(), ExternalID: c.ExternalID,
+		RoleARN: c.RoleARN.String(), SessionName: c.SessionName, Duration: c.Duration.D(), ExternalID: c.ExternalID,
 		Policy: c.Policy, PolicyARNs: c.PolicyARNs, Tags: c.Tags, TransitiveTagKeys: c.TransitiveTagKeys,
 		SourceIdentity: c.SourceIdentity, Region: c.Region, STSEndpoint: c.STSEndpoint, Profile: c.Profile,
 		CredentialsFile: c.CredentialsFile, ConfigFile: c.ConfigFile, WebIdentityTokenFile: c.WebIdentityTokenFile,
@@ -39,48 +40,30 @@ func credentialsConfig(c *config.Config) credentials.Config {
 	return cc
 }
 
-// maxUserData is EC2's limit on user data.
-const maxUserData = 16 << 10
-
+// imdsConfig builds the handler's configuration. It reads
+// metadata.user_data_file, the one input that is not in the file itself.
 func imdsConfig(c *config.Config) (imds.Config, error) {
 	m := c.Metadata
 	ic := imds.Config{
-		RoleARN: c.RoleARN, TokenMode: imds.TokenMode(c.IMDS.Tokens), HopLimit: c.IMDS.HopLimit,
-		Region: c.Region, AvailabilityZone: m.AvailabilityZone, AvailabilityZoneID: m.AvailabilityZoneID,
-		Domain: m.Domain, InstanceID: m.InstanceID, ImageID: m.AMIID, InstanceType: m.InstanceType,
-		Hostname: m.Hostname, LocalHostname: m.LocalHostname, MAC: m.MAC, Architecture: m.Architecture,
-		InstanceProfileARN: m.InstanceProfileARN, Tags: m.Tags, MetadataDir: c.IMDS.MetadataDir,
-	}
-	var errs []error
-	for i, s := range c.IMDS.AllowedCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("imds.allowed_cidrs[%d]: %q is not a CIDR prefix", i, s))
-			continue
-		}
-		ic.AllowedCIDRs = append(ic.AllowedCIDRs, p)
-	}
-	if m.LocalIPv4 != "" {
-		a, err := netip.ParseAddr(m.LocalIPv4)
-		if err != nil || !a.Is4() {
-			errs = append(errs, fmt.Errorf("metadata.local_ipv4: %q is not an IPv4 address", m.LocalIPv4))
-		}
-		ic.LocalIPv4 = a
+		RoleARN: c.RoleARN.String(), TokenMode: imds.TokenMode(c.IMDS.Tokens), HopLimit: c.IMDS.HopLimit,
+		AllowedCIDRs: c.IMDS.AllowedCIDRs, Region: c.Region, AvailabilityZone: m.AvailabilityZone,
+		AvailabilityZoneID: m.AvailabilityZoneID, Domain: m.Domain, InstanceID: m.InstanceID, ImageID: m.AMIID,
+		InstanceType: m.InstanceType, Hostname: m.Hostname, LocalHostname: m.LocalHostname, LocalIPv4: m.LocalIPv4,
+		MAC: m.MAC, Architecture: m.Architecture, InstanceProfileARN: m.InstanceProfileARN, Tags: m.Tags,
+		MetadataDir: c.IMDS.MetadataDir, PublicKeys: m.PublicKeys, ReservationID: m.ReservationID,
+		SecurityGroups: m.SecurityGroups, RootDeviceName: m.RootDeviceName,
 	}
 	if m.UserData != "" {
 		ic.UserData = []byte(m.UserData)
 	}
 	if m.UserDataFile != "" {
-		b, err := readCapped(m.UserDataFile, maxUserData)
+		b, err := readCapped(m.UserDataFile, config.MaxUserData)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("metadata.user_data_file: %w", err))
+			return ic, fmt.Errorf("metadata.user_data_file: %w", err)
 		}
 		ic.UserData = b
 	}
-	if len(ic.UserData) > maxUserData {
-		errs = append(errs, fmt.Errorf("metadata.user_data: %d bytes is more than EC2's 16 KiB", len(ic.UserData)))
-	}
-	return ic, errors.Join(errs...)
+	return ic, nil
 }
 
 func readCapped(path string, limit int64) ([]byte, error) {
@@ -96,53 +79,43 @@ func readCapped(path string, limit int64) ([]byte, error) {
 	if !st.Mode().IsRegular() || st.Size() > limit {
 		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", path, limit)
 	}
-	b := make([]byte, st.Size())
-	_, err = f.Read(b)
-	if st.Size() == 0 {
-		err = nil
-	}
-	return b, err
+	return io.ReadAll(io.LimitReader(f, limit))
 }
 
-func networkConfig(c *config.Config) (netredirect.Config, error) {
-	target, err := netip.ParseAddrPort(c.IMDS.Listen)
-	if err != nil {
-		return netredirect.Config{}, fmt.Errorf("imds.listen: %w", err)
-	}
+func networkConfig(c *config.Config) netredirect.Config {
 	return netredirect.Config{
-		Link: c.Network.Link, Backend: c.Network.Backend, Target: target,
-		ReconcileInterval: c.Network.ReconcileInterval.D(),
-	}.WithDefaults(), nil
+		Link: c.Network.Link, Backend: c.Network.Backend, Target: c.IMDS.Listen,
+		ReconcileInterval: c.Network.ReconcileInterval.D(), Containers: c.Network.Containers, IPv6: c.Network.IPv6,
+	}.WithDefaults()
 }
 
-// loadConfig reads the file and validates it with every package's own
-// rules, so that one `check` lists every problem, each once.
+// components are what reload compares to decide which components to
+// rebuild: each component's own Config, built by the functions above.
+func components(c *config.Config) daemon.Components {
+	comp := daemon.Components{
+		// The SDK reads the source files once per client, so a rotated
+		// key in an unchanged path is a change too.
+		Credentials: struct {
+			credentials.Config
+			Fingerprint string
+		}{credentialsConfig(c), c.SourceFingerprint},
+	}
+	if c.ManageNetwork() {
+		comp.Network = networkConfig(c)
+	}
+	return comp
+}
+
+// loadConfig reads and validates the file once, then checks what only the
+// other packages can check (user_data_file's contents, metadata_dir), so
+// that one `check` lists every problem, each once.
 func loadConfig(path string) (*config.Config, error) {
-	c, err := config.LoadUnvalidated(path)
+	c, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	cfgErr := c.Validate()
-	cc := credentialsConfig(c)
-	credErr := cc.Validate()
-	errs := []error{cfgErr, credErr}
-	// The API and network packages check role_arn, imds.tokens and
-	// imds.listen again; substitute valid stand-ins for values already
-	// reported, so that their other findings still show and nothing shows
-	// twice.
-	v := *c
-	if credErr != nil {
-		v.RoleARN = "arn:aws:iam::123456789012:role/stand-in"
-	}
-	if cfgErr != nil {
-		d, _ := config.Decode([]byte("role_arn: x\n"))
-		v.IMDS.Listen, v.IMDS.Tokens, v.IMDS.HopLimit = d.IMDS.Listen, d.IMDS.Tokens, d.IMDS.HopLimit
-		v.Network = d.Network
-		v.IMDS.AllowedCIDRs = nil
-	}
-	if ic, err := imdsConfig(&v); err != nil {
-		errs = append(errs, err)
-	} else if err := ic.Validate(); err != nil {
+	var errs []error
+	if ic, err := imdsConfig(c); err != nil {
 		errs = append(errs, err)
 	} else if ic.MetadataDir != "" {
 		// Building a server reads metadata_dir as serve will, so a
@@ -151,15 +124,8 @@ func loadConfig(path string) (*config.Config, error) {
 			errs = append(errs, fmt.Errorf("imds.metadata_dir: %w", err))
 		}
 	}
-	if v.ManageNetwork() {
-		nc, err := networkConfig(&v)
-		if err == nil {
-			err = nc.Validate()
-		}
-		errs = append(errs, err)
-	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, dedupe(err))
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	c.SourceFingerprint = sourceFingerprint(c)
 	return c, nil
@@ -195,21 +161,6 @@ func sourceFingerprint(c *config.Config) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// dedupe drops a problem whose key was already reported.
-func dedupe(err error) error {
-	seen := map[string]bool{}
-	var out []error
-	for _, line := range strings.Split(err.Error(), "\n") {
-		key, _, ok := strings.Cut(line, ": ")
-		if ok && seen[key] && !strings.ContainsAny(key, " ") {
-			continue
-		}
-		seen[key] = true
-		out = append(out, errors.New(line))
-	}
-	return errors.Join(out...)
-}
-
 // handler adapts *imds.Server to daemon.Handler.
 type handler struct{ *imds.Server }
 
@@ -235,7 +186,11 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 	return credentials.New(cc, client, credentials.Options{Logger: log.With("component", "credentials"), Observer: m})
 }
 
-func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps, error) {
+// productionDeps connects the real components. first and firstErr are the
+// result of reading the file at start, which serve did once already to set
+// up logging; the daemon's first Load returns them, and every reload reads
+// the file again.
+func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config.Config, firstErr error) (daemon.Deps, error) {
 	m := newMetrics(version)
 	key, err := []byte(nil), os.MkdirAll(rtDir, 0o700)
 	if err == nil {
@@ -246,13 +201,20 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps,
 		log.Warn("keeping the token key in memory only", "runtime_dir", rtDir, "err", err)
 		key = nil
 	}
+	var loaded atomic.Bool
 	return daemon.Deps{
 		Log:          log,
 		ConnObserver: m,
 		Load: func(path string) (*config.Config, error) {
-			c, err := loadConfig(path)
+			c, err := first, firstErr
+			if !loaded.Swap(true) {
+				first, firstErr = nil, nil
+			} else {
+				c, err = loadConfig(path)
+			}
 			if err == nil {
 				logs.setLevel(c.Log.Level)
+				logWarnings(log, c, path)
 			}
 			return c, err
 		},
@@ -262,12 +224,9 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps,
 		NewCredentials: func(ctx context.Context, c *config.Config) (daemon.CredentialEngine, error) {
 			return newCredentials(ctx, c, log, m)
 		},
+		Components: components,
 		NewNetwork: func(c *config.Config) (daemon.Network, error) {
-			nc, err := networkConfig(c)
-			if err != nil {
-				return nil, err
-			}
-			r, err := netredirect.New(nc, netredirect.Options{Logger: log.With("component", "netredirect"), Observer: m})
+			r, err := netredirect.New(networkConfig(c), netredirect.Options{Logger: log.With("component", "netredirect"), Observer: m})
 			if err != nil {
 				return nil, err
 			}
@@ -295,4 +254,15 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string) (daemon.Deps,
 		ControlSocket:  filepath.Join(rtDir, "control.sock"),
 		Version:        version,
 	}, nil
+}
+
+// logWarnings logs what check prints as warnings: weak settings and
+// credential files other users can read.
+func logWarnings(log *slog.Logger, c *config.Config, path string) {
+	for _, w := range c.Warnings() {
+		log.Warn(w.Msg, "key", w.Key, "config", path)
+	}
+	for _, w := range c.FileWarnings(path) {
+		log.Warn("file permissions: "+w, "config", path)
+	}
 }

@@ -1,59 +1,96 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
 )
 
 // DefaultPath is where the packaged daemon reads its configuration.
 const DefaultPath = "/etc/imds-shim/imds-shim.yaml"
 
-// Defaults for keys the file may leave out.
+// Defaults: the one place each is declared.
 const (
-	DefaultIMDSListen    = "127.0.0.1:8254"
-	DefaultMetricsListen = "127.0.0.1:9254"
-	DefaultDuration      = time.Hour
-	DefaultHopLimit      = 1
-	DefaultTokens        = "required"
-	DefaultLink          = "auto"
-	DefaultBackend       = "auto"
-	DefaultReconcile     = 10 * time.Second
-	DefaultStartTimeout  = 45 * time.Second
-	DefaultStopTimeout   = 10 * time.Second
-	MaxStartTimeout      = 80 * time.Second
-	MaxStopTimeout       = 25 * time.Second
+	DefaultDuration          = time.Hour
+	DefaultHopLimit          = 1
+	DefaultTokens            = "required"
+	DefaultLink              = "auto"
+	DefaultBackend           = "auto"
+	DefaultIPv6              = "auto"
+	DefaultUnidentified      = "none"
+	DefaultReconcile         = 10 * time.Second
+	DefaultStartTimeout      = 45 * time.Second
+	DefaultStopTimeout       = 10 * time.Second
+	DefaultMaxCallerSessions = 64
+	DefaultLogLevel          = "info"
+	DefaultLogFormat         = "text"
+	MaxStartTimeout          = 80 * time.Second
+	MaxStopTimeout           = 25 * time.Second
 )
 
-// Config is the whole file. Field tags are the public key names.
-type Config struct {
-	RoleARN     string   `yaml:"role_arn"`
-	Region      string   `yaml:"region"`
-	STSEndpoint string   `yaml:"sts_endpoint"`
-	Duration    Duration `yaml:"duration"`
+// Default listeners. The metadata API listens on a privileged port, which no
+// unprivileged local user can bind: on the endpoint address itself when
+// imds-shim manages the network, on loopback otherwise.
+var (
+	DefaultIMDSListenManaged   = netip.MustParseAddrPort("169.254.169.254:254")
+	DefaultIMDSListenUnmanaged = netip.MustParseAddrPort("127.0.0.1:254")
+	DefaultMetricsListen       = netip.MustParseAddrPort("127.0.0.1:9254")
+)
 
-	// AssumeRole parameters.
-	SessionName       string            `yaml:"session_name"`
-	ExternalID        string            `yaml:"external_id"`
-	Policy            string            `yaml:"policy"`
-	PolicyARNs        []string          `yaml:"policy_arns"`
-	Tags              map[string]string `yaml:"tags"`
-	TransitiveTagKeys []string          `yaml:"transitive_tag_keys"`
-	SourceIdentity    string            `yaml:"source_identity"`
+// Bounds on everything a file can grow. Each is documented in
+// packaging/imds-shim.example.yaml and README.md.
+const (
+	MaxFileBytes         = 1 << 20 // the configuration file itself
+	MaxRoles             = 100     // roles
+	MaxMatchers          = 64      // each of roles[].units, users, groups, sources
+	MaxCallerSessions    = 1024    // roles[].max_caller_sessions
+	MaxAllowedCIDRs      = 64      // imds.allowed_cidrs
+	MaxContainers        = 32      // network.containers
+	MaxMetadataTags      = 50      // metadata.tags (EC2's limit per resource)
+	MaxPublicKeys        = 50      // metadata.public_keys
+	MaxSecurityGroups    = 16      // metadata.security_groups (EC2's per-interface maximum)
+	MaxSessionTags       = 50      // tags, transitive_tag_keys (STS)
+	MaxPolicyARNs        = 10      // policy_arns (STS)
+	MaxPolicyChars       = 2048    // policy (STS)
+	MaxUserData          = 16 << 10
+	MinDuration          = 15 * time.Minute // duration (STS DurationSeconds 900..43200)
+	MaxDuration          = 12 * time.Hour
+	MaxPublicKeyBytes    = 16 << 10
+	maxLinkNameWithLabel = 15 - len(":imds") // netredirect labels its address LINK:imds in IFNAMSIZ
+)
+
+// Config is the whole file, decoded and validated: every value is typed
+// (listeners, prefixes, ARNs, durations) and every default is filled in.
+// Field tags are the public key names.
+type Config struct {
+	// RoleARN is the role served to callers that match no roles entry; zero
+	// when the file names none (allowed when Roles is given).
+	RoleARN awsarn.Role `yaml:"role_arn"`
+	// Unidentified is "none" (a caller that cannot be identified gets no
+	// role) or "default" (it gets RoleARN).
+	Unidentified string `yaml:"unidentified"`
+	// Region for STS and placement/region; "" lets the SDK decide.
+	Region      string `yaml:"region"`
+	STSEndpoint string `yaml:"sts_endpoint"`
+
+	// AssumeRole options of the top-level role; each roles entry inherits
+	// those it does not set.
+	AssumeRole `yaml:",inline"`
 
 	// Source credentials: how imds-shim itself authenticates to STS.
 	Profile              string `yaml:"profile"`
 	CredentialsFile      string `yaml:"credentials_file"`
 	ConfigFile           string `yaml:"config_file"`
 	WebIdentityTokenFile string `yaml:"web_identity_token_file"`
+	// RolesAnywhere is the X.509 source; nil when not configured.
+	RolesAnywhere *RolesAnywhere `yaml:"roles_anywhere"`
+
+	// Roles are the per-caller roles, first match wins.
+	Roles []Role `yaml:"roles"`
 
 	StartTimeout Duration `yaml:"start_timeout"`
 	StopTimeout  Duration `yaml:"stop_timeout"`
@@ -71,13 +108,71 @@ type Config struct {
 	Log      Log      `yaml:"log"`
 }
 
+// AssumeRole holds the STS AssumeRole options, at the top level and per
+// roles entry.
+type AssumeRole struct {
+	Duration          Duration          `yaml:"duration"`
+	SessionName       string            `yaml:"session_name"`
+	ExternalID        string            `yaml:"external_id"`
+	Policy            string            `yaml:"policy"`
+	PolicyARNs        []string          `yaml:"policy_arns"`
+	Tags              map[string]string `yaml:"tags"`
+	TransitiveTagKeys []string          `yaml:"transitive_tag_keys"`
+	SourceIdentity    string            `yaml:"source_identity"`
+}
+
+// Role is one roles entry: who gets RoleARN, and how it is assumed.
+type Role struct {
+	RoleARN awsarn.Role `yaml:"role_arn"`
+	// Units are systemd unit or slice names (backup.service, app.slice),
+	// matched on the caller's cgroup path.
+	Units []string `yaml:"units"`
+	// Users and Groups are names or numeric ids, as written; resolving
+	// names is the matcher's job (a user may be created after start).
+	Users  []string `yaml:"users"`
+	Groups []string `yaml:"groups"`
+	// Sources match container callers by source address.
+	Sources []netip.Prefix `yaml:"sources"`
+	// AssumeRole options; those the entry leaves out are the top level's.
+	AssumeRole `yaml:",inline"`
+	// CallerSourceIdentity sets sts:SourceIdentity to the caller's user or
+	// unit name, one session per caller.
+	CallerSourceIdentity bool `yaml:"caller_source_identity"`
+	// MaxCallerSessions bounds those per-caller sessions (1..1024).
+	MaxCallerSessions int `yaml:"max_caller_sessions"`
+}
+
+// RolesAnywhere configures IAM Roles Anywhere as the source of credentials.
+type RolesAnywhere struct {
+	Certificate    string               `yaml:"certificate"`
+	PrivateKey     string               `yaml:"private_key"`
+	TrustAnchorARN awsarn.RolesAnywhere `yaml:"trust_anchor_arn"`
+	ProfileARN     awsarn.RolesAnywhere `yaml:"profile_arn"`
+	RoleARN        awsarn.Role          `yaml:"role_arn"`
+	// Endpoint overrides https://rolesanywhere.REGION.DNS-SUFFIX.
+	Endpoint string `yaml:"endpoint"`
+	// Duration is the session length asked of CreateSession (15m..12h);
+	// zero means the top-level duration.
+	Duration Duration `yaml:"duration"`
+}
+
+// Region is where CreateSession is sent: the trust anchor's region.
+func (r *RolesAnywhere) Region() string { return r.TrustAnchorARN.Region }
+
 // IMDS configures the HTTP API.
 type IMDS struct {
-	Listen       string   `yaml:"listen"`
-	Tokens       string   `yaml:"tokens"`
-	HopLimit     int      `yaml:"hop_limit"`
-	AllowedCIDRs []string `yaml:"allowed_cidrs"`
-	MetadataDir  string   `yaml:"metadata_dir"`
+	// Listen defaults to DefaultIMDSListenManaged or DefaultIMDSListenUnmanaged.
+	Listen       netip.AddrPort `yaml:"listen"`
+	Tokens       string         `yaml:"tokens"`
+	HopLimit     int            `yaml:"hop_limit"`
+	AllowedCIDRs []netip.Prefix `yaml:"allowed_cidrs"`
+	MetadataDir  string         `yaml:"metadata_dir"`
+	// AllowRemote must be true for a listener (imds.listen or
+	// metrics.listen) that other hosts could reach.
+	AllowRemote bool `yaml:"allow_remote"`
+	// AllowUnprivilegedPort lets serve use an imds.listen port >= 1024,
+	// which any local user could bind first.
+	AllowUnprivilegedPort bool `yaml:"allow_unprivileged_port"`
 }
 
 // Metadata overrides the instance metadata served to clients. Empty values
@@ -88,7 +183,7 @@ type Metadata struct {
 	InstanceType       string            `yaml:"instance_type"`
 	Hostname           string            `yaml:"hostname"`
 	LocalHostname      string            `yaml:"local_hostname"`
-	LocalIPv4          string            `yaml:"local_ipv4"`
+	LocalIPv4          netip.Addr        `yaml:"local_ipv4"`
 	MAC                string            `yaml:"mac"`
 	AvailabilityZone   string            `yaml:"availability_zone"`
 	AvailabilityZoneID string            `yaml:"availability_zone_id"`
@@ -98,20 +193,34 @@ type Metadata struct {
 	UserData           string            `yaml:"user_data"`
 	UserDataFile       string            `yaml:"user_data_file"`
 	Tags               map[string]string `yaml:"tags"`
+	// PublicKeys are served under public-keys/ (name → OpenSSH key line).
+	PublicKeys map[string]string `yaml:"public_keys"`
+	// ReservationID is r- + 17 hex; "" means derived like instance_id.
+	ReservationID string `yaml:"reservation_id"`
+	// SecurityGroups are served at security-groups; empty: the server decides.
+	SecurityGroups []string `yaml:"security_groups"`
+	// RootDeviceName is block-device-mapping/ami and /root; empty means the
+	// handler's default, imds.DefaultRootDeviceName (/dev/xvda).
+	RootDeviceName string `yaml:"root_device_name"`
 }
 
 // Network configures the 169.254.169.254 address and redirect rules.
 type Network struct {
 	// Manage false: no address, no rules; clients use imds.listen directly.
-	Manage            *bool    `yaml:"manage"`
+	Manage            bool     `yaml:"manage"`
 	Link              string   `yaml:"link"`
 	Backend           string   `yaml:"backend"`
 	ReconcileInterval Duration `yaml:"reconcile_interval"`
+	// Containers are bridges whose containers are redirected too.
+	Containers []string `yaml:"containers"`
+	// IPv6 is auto, true or false: also answer at [fd00:ec2::254].
+	IPv6 string `yaml:"ipv6"`
 }
 
-// Metrics configures the Prometheus endpoint; an empty listen disables it.
+// Metrics configures the Prometheus endpoint.
 type Metrics struct {
-	Listen *string `yaml:"listen"`
+	// Listen is the metrics address; the zero AddrPort (listen: "") disables it.
+	Listen netip.AddrPort `yaml:"listen"`
 }
 
 // Log configures structured logging.
@@ -120,25 +229,9 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Duration accepts Go durations ("1h", "90m", "3600s") or whole seconds.
+// Duration is a time.Duration written as a Go duration ("1h", "90m") or
+// whole seconds.
 type Duration time.Duration
-
-// UnmarshalYAML implements yaml.Unmarshaler.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a duration such as 1h or 3600", n.Line)
-	}
-	if secs, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
-		*d = Duration(time.Duration(secs) * time.Second)
-		return nil
-	}
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (use e.g. 1h, 15m, 3600)", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
 
 // MarshalYAML prints durations the way they are written.
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
@@ -147,19 +240,20 @@ func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(),
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // ManageNetwork reports whether imds-shim owns the address and rules.
-func (c *Config) ManageNetwork() bool { return c.Network.Manage == nil || *c.Network.Manage }
+func (c *Config) ManageNetwork() bool { return c.Network.Manage }
 
 // MetricsListen is the metrics address, "" when disabled.
 func (c *Config) MetricsListen() string {
-	if c.Metrics.Listen == nil {
-		return DefaultMetricsListen
+	if !c.Metrics.Listen.IsValid() {
+		return ""
 	}
-	return *c.Metrics.Listen
+	return c.Metrics.Listen.String()
 }
 
-// Load reads, decodes and validates the file at path.
+// Load reads the file at path once, decodes and validates it. The error
+// names the file and lists every problem, each by its key path.
 func Load(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
+	b, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
@@ -170,181 +264,33 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
-// Parse decodes b strictly, fills defaults and validates the result.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, MaxFileBytes)
+	}
+	return b, nil
+}
+
+// Parse decodes b strictly, fills defaults and validates the result. Every
+// problem — unknown keys, values of the wrong type, invalid values — is
+// reported at once in an *Error, each key once.
 func Parse(b []byte) (*Config, error) {
-	c, err := Decode(b)
-	if err != nil {
-		return nil, err
+	var p problems
+	c, present := decode(b, &p)
+	if c != nil {
+		c.validate(present, &p)
 	}
-	if err := c.Validate(); err != nil {
+	if err := p.err(); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-// LoadUnvalidated reads and decodes the file at path and fills defaults,
-// leaving validation to the caller, who may add other packages' checks so
-// that every problem is reported at once.
-func LoadUnvalidated(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	c, err := Decode(b)
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
-}
-
-// Decode decodes b strictly and fills defaults, without validating.
-func Decode(b []byte) (*Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("decoding: %w", cleanYAMLError(err))
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("decoding: more than one YAML document")
-	}
-	c.SetDefaults()
-	return &c, nil
-}
-
-// cleanYAMLError turns yaml's "field x not found in type config.Config"
-// into wording that names the key as the operator wrote it.
-func cleanYAMLError(err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err
-	}
-	msgs := make([]error, 0, len(te.Errors))
-	for _, m := range te.Errors {
-		if i := strings.Index(m, ": field "); i >= 0 && strings.Contains(m, " not found in type ") {
-			key := m[i+len(": field "):]
-			key = key[:strings.Index(key, " not found")]
-			m = m[:i] + ": unknown key " + strconv.Quote(key)
-		}
-		msgs = append(msgs, errors.New(m))
-	}
-	return errors.Join(msgs...)
-}
-
-// SetDefaults fills every key the file left out.
-func (c *Config) SetDefaults() {
-	if c.Duration == 0 {
-		c.Duration = Duration(DefaultDuration)
-	}
-	if c.StartTimeout == 0 {
-		c.StartTimeout = Duration(DefaultStartTimeout)
-	}
-	if c.StopTimeout == 0 {
-		c.StopTimeout = Duration(DefaultStopTimeout)
-	}
-	if c.IMDS.Listen == "" {
-		c.IMDS.Listen = DefaultIMDSListen
-	}
-	if c.IMDS.Tokens == "" {
-		c.IMDS.Tokens = DefaultTokens
-	}
-	if c.IMDS.HopLimit == 0 {
-		c.IMDS.HopLimit = DefaultHopLimit
-	}
-	if c.Network.Link == "" {
-		c.Network.Link = DefaultLink
-	}
-	if c.Network.Backend == "" {
-		c.Network.Backend = DefaultBackend
-	}
-	if c.Network.ReconcileInterval == 0 {
-		c.Network.ReconcileInterval = Duration(DefaultReconcile)
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = "text"
-	}
-}
-
-// Validate checks the keys this package owns; the credential, API and network
-// packages check their own settings (the daemon joins all of them). Every
-// problem is reported, each naming its key.
-func (c *Config) Validate() error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
-	}
-	if c.RoleARN == "" {
-		bad("role_arn", "required (the IAM role to serve, e.g. arn:aws:iam::123456789012:role/app)")
-	}
-	if _, err := netip.ParseAddrPort(c.IMDS.Listen); err != nil {
-		bad("imds.listen", "%q is not IP:PORT (e.g. %s)", c.IMDS.Listen, DefaultIMDSListen)
-	} else if ap := netip.MustParseAddrPort(c.IMDS.Listen); ap.Port() == 0 {
-		bad("imds.listen", "port 0 is not allowed: the redirect needs a fixed port")
-	}
-	switch c.IMDS.Tokens {
-	case "required", "optional":
-	default:
-		bad("imds.tokens", "%q must be required or optional", c.IMDS.Tokens)
-	}
-	if c.IMDS.HopLimit < 1 || c.IMDS.HopLimit > 64 {
-		bad("imds.hop_limit", "%d is outside 1..64", c.IMDS.HopLimit)
-	}
-	for i, s := range c.IMDS.AllowedCIDRs {
-		if _, err := netip.ParsePrefix(s); err != nil {
-			bad(fmt.Sprintf("imds.allowed_cidrs[%d]", i), "%q is not a CIDR prefix", s)
-		}
-	}
-	if c.MetricsListen() != "" {
-		if _, err := netip.ParseAddrPort(c.MetricsListen()); err != nil {
-			bad("metrics.listen", "%q is not IP:PORT (or \"\" to disable)", c.MetricsListen())
-		} else if c.MetricsListen() == c.IMDS.Listen {
-			bad("metrics.listen", "must differ from imds.listen")
-		}
-	}
-	switch c.Network.Backend {
-	case "auto", "nft", "legacy":
-	default:
-		bad("network.backend", "%q must be auto, nft or legacy", c.Network.Backend)
-	}
-	if c.Network.Link != "auto" && c.Network.Link != "dummy" && c.Network.Link != "lo" && !validLinkName(c.Network.Link) {
-		bad("network.link", "%q must be auto, dummy, lo or an interface name", c.Network.Link)
-	}
-	if d := c.Network.ReconcileInterval.D(); d < time.Second || d > time.Hour {
-		bad("network.reconcile_interval", "%s is outside 1s..1h", d)
-	}
-	// The unit gives the daemon TimeoutStartSec=90s and TimeoutStopSec=30s;
-	// staying inside them lets serve exit with its own code and tear the
-	// network down itself instead of being killed.
-	if d := c.StartTimeout.D(); d < time.Second || d > MaxStartTimeout {
-		bad("start_timeout", "%s is outside 1s..%s (the unit's TimeoutStartSec is 90s)", d, MaxStartTimeout)
-	}
-	if d := c.StopTimeout.D(); d < time.Second || d > MaxStopTimeout {
-		bad("stop_timeout", "%s is outside 1s..%s (the unit's TimeoutStopSec is 30s)", d, MaxStopTimeout)
-	}
-	switch strings.ToLower(c.Log.Level) {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log.level", "%q must be debug, info, warn or error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		bad("log.format", "%q must be text or json", c.Log.Format)
-	}
-	if c.Metadata.UserData != "" && c.Metadata.UserDataFile != "" {
-		bad("metadata.user_data_file", "set either metadata.user_data or metadata.user_data_file, not both")
-	}
-	return errors.Join(errs...)
-}
-
-// validLinkName follows the kernel's rules for interface names.
-func validLinkName(s string) bool {
-	if s == "" || len(s) > 15 || s == "." || s == ".." {
-		return false
-	}
-	return !strings.ContainsAny(s, "/: \t\n")
 }

@@ -100,7 +100,7 @@ func (d *daemon) status(ctx context.Context) Status {
 	cfg, creds, network, ln := d.cfg, d.creds, d.net, d.ln
 	s := Status{
 		Version: d.deps.Version, PID: os.Getpid(), Config: d.path, Started: d.started.UTC(),
-		RoleARN: cfg.RoleARN, Listen: ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
+		RoleARN: cfg.RoleARN.String(), Listen: ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
 		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr,
 	}
 	d.mu.Unlock()

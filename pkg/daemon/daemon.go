@@ -89,6 +89,10 @@ type Deps struct {
 	NewCredentials func(ctx context.Context, cfg *config.Config) (CredentialEngine, error)
 	NewNetwork     func(cfg *config.Config) (Network, error)
 	NewHandler     func(cfg *config.Config, creds CredentialEngine) (Handler, error)
+	// Components returns each component's own configuration as built
+	// from cfg; a reload rebuilds a component when its configuration
+	// differs (reflect.DeepEqual). Nil counts every reload as a change.
+	Components func(cfg *config.Config) Components
 	// Listen binds the IMDS listener with the configured hop limit.
 	Listen func(addr string, hopLimit int) (net.Listener, error)
 	// ListenMetrics binds the metrics listener.
@@ -115,6 +119,14 @@ type Deps struct {
 	OnCredentials func(CredentialEngine)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+}
+
+// Components are the configurations of the components a reload may
+// rebuild, as the composition root builds them from the file. Network is
+// nil when the network is not managed.
+type Components struct {
+	Credentials any
+	Network     any
 }
 
 // Reload asks a running daemon to re-read its configuration; Run receives
@@ -244,7 +256,7 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		return exitErr(ExitNetwork, "removing leftovers of an earlier run: %w", err)
 	}
 
-	d.notify("STATUS=fetching first credentials for " + cfg.RoleARN)
+	d.notify("STATUS=fetching first credentials for " + cfg.RoleARN.String())
 	fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
 	err = creds.Fetch(fctx)
 	cancel()
@@ -267,7 +279,7 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		}()
 	}
 
-	ln, err := d.deps.Listen(cfg.IMDS.Listen, cfg.IMDS.HopLimit)
+	ln, err := d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit)
 	if err != nil {
 		return exitErr(ExitNetwork, "binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
 	}
@@ -455,9 +467,9 @@ func (d *daemon) statusLine() string {
 	d.mu.Unlock()
 	c, err := creds.Current()
 	if err != nil {
-		return fmt.Sprintf("serving %s; no valid credentials: %s", roleName(cfg.RoleARN), oneLine(err))
+		return fmt.Sprintf("serving %s; no valid credentials: %s", cfg.RoleARN.Name, oneLine(err))
 	}
-	return fmt.Sprintf("serving %s; credentials expire %s", roleName(cfg.RoleARN), c.Expires.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("serving %s; credentials expire %s", cfg.RoleARN.Name, c.Expires.UTC().Format(time.RFC3339))
 }
 
 // roleName is the role's name as clients see it under security-credentials/.

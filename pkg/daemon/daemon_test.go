@@ -171,7 +171,7 @@ func (h *fakeHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 // Update, like imds.Server's, changes nothing when it fails.
 func (h *fakeHandler) Update(cfg *config.Config, creds CredentialEngine) error {
-	if err := h.w.record("update:" + roleName(cfg.RoleARN)); err != nil {
+	if err := h.w.record("update:" + cfg.RoleARN.Name); err != nil {
 		return err
 	}
 	h.mu.Lock()
@@ -191,10 +191,17 @@ func (w *world) deps(dir string) Deps {
 		},
 		Cleanup: func(ctx context.Context) error { return w.record("cleanup") },
 		NewCredentials: func(ctx context.Context, cfg *config.Config) (CredentialEngine, error) {
-			return &fakeCreds{w: w, role: cfg.RoleARN}, nil
+			return &fakeCreds{w: w, role: cfg.RoleARN.String()}, nil
 		},
 		NewNetwork: func(cfg *config.Config) (Network, error) {
-			return &fakeNet{w: w, link: cfg.Network.Link + "->" + cfg.IMDS.Listen}, nil
+			return &fakeNet{w: w, link: cfg.Network.Link + "->" + cfg.IMDS.Listen.String()}, nil
+		},
+		Components: func(cfg *config.Config) Components {
+			c := Components{Credentials: cfg.RoleARN}
+			if cfg.ManageNetwork() {
+				c.Network = fakeNet{link: cfg.Network.Link + "->" + cfg.IMDS.Listen.String()}
+			}
+			return c
 		},
 		NewHandler: func(cfg *config.Config, creds CredentialEngine) (Handler, error) {
 			return &fakeHandler{w: w, creds: creds}, nil

@@ -30,7 +30,7 @@ func (d *daemon) reload(ctx context.Context) {
 	if err != nil {
 		d.log.Error("reload rejected; the previous configuration keeps running", "config", d.path, "err", err)
 	} else {
-		d.log.Info("reloaded", "config", d.path, "role_arn", d.cfg.RoleARN)
+		d.log.Info("reloaded", "config", d.path, "role_arn", d.cfg.RoleARN.String())
 	}
 	d.notify("READY=1\nSTATUS=" + d.statusLine())
 }
@@ -48,7 +48,8 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	// 1. Credentials: a new role (or any credential setting) gets its first
 	// set before the switch, so clients never see a gap.
 	newCreds := creds
-	if credentialsChanged(old, cfg) {
+	oldComp, newComp := d.components(old), d.components(cfg)
+	if !reflect.DeepEqual(oldComp.Credentials, newComp.Credentials) {
 		if newCreds, err = d.deps.NewCredentials(ctx, cfg); err != nil {
 			return fmt.Errorf("preparing credentials: %w", err)
 		}
@@ -56,7 +57,7 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		err = newCreds.Fetch(fctx)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("fetching first credentials for %s: %w", cfg.RoleARN, err)
+			return fmt.Errorf("fetching first credentials for %s: %w", cfg.RoleARN.String(), err)
 		}
 	}
 
@@ -67,11 +68,11 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 			// Same address, new hop limit: the old socket must go first.
 			ln.Close()
 		}
-		if newLn, err = d.deps.Listen(cfg.IMDS.Listen, cfg.IMDS.HopLimit); err != nil {
+		if newLn, err = d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit); err != nil {
 			if old.IMDS.Listen == cfg.IMDS.Listen {
 				// Put the old one back; if even that fails the
 				// watchdog probe notices and systemd restarts us.
-				if back, berr := d.deps.Listen(old.IMDS.Listen, old.IMDS.HopLimit); berr == nil {
+				if back, berr := d.deps.Listen(old.IMDS.Listen.String(), old.IMDS.HopLimit); berr == nil {
 					d.mu.Lock()
 					d.ln = back
 					d.mu.Unlock()
@@ -106,7 +107,7 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 
 	// 4. Network: converge to the new plan; on failure put the handler
 	// back too, so the old configuration keeps running whole.
-	newNet, err := d.reloadNetwork(ctx, old, cfg)
+	newNet, err := d.reloadNetwork(ctx, old, cfg, !reflect.DeepEqual(oldComp.Network, newComp.Network))
 	if err != nil {
 		if rerr := d.handler.Update(old, creds); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restoring the previous metadata configuration: %w", rerr))
@@ -148,9 +149,9 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 
 // reloadNetwork returns the network component for cfg, set up, with the old
 // one's state removed where it differs.
-func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config) (Network, error) {
+func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config, changed bool) (Network, error) {
 	cur := d.net
-	if reflect.DeepEqual(old.Network, cfg.Network) && old.IMDS.Listen == cfg.IMDS.Listen {
+	if !changed {
 		return cur, nil
 	}
 	if !cfg.ManageNetwork() {
@@ -196,19 +197,13 @@ func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config) (Ne
 	return next, nil
 }
 
-// credentialsChanged reports whether anything the credential engine depends
-// on differs between two configurations.
-func credentialsChanged(a, b *config.Config) bool {
-	type credKeys struct {
-		RoleARN, Region, STSEndpoint, SessionName, ExternalID, Policy, SourceIdentity, SourceFingerprint string
-		Duration                                                                                         config.Duration
-		PolicyARNs, TransitiveTagKeys                                                                    []string
-		Tags                                                                                             map[string]string
-		Profile, CredentialsFile, ConfigFile, WebIdentityTokenFile                                       string
+// components returns cfg's component configurations. Without
+// Deps.Components every reload counts as a change: reflect.DeepEqual never
+// finds two non-nil funcs equal.
+func (d *daemon) components(cfg *config.Config) Components {
+	if d.deps.Components == nil {
+		changed := func() {}
+		return Components{Credentials: changed, Network: changed}
 	}
-	k := func(c *config.Config) credKeys {
-		return credKeys{c.RoleARN, c.Region, c.STSEndpoint, c.SessionName, c.ExternalID, c.Policy, c.SourceIdentity, c.SourceFingerprint,
-			c.Duration, c.PolicyARNs, c.TransitiveTagKeys, c.Tags, c.Profile, c.CredentialsFile, c.ConfigFile, c.WebIdentityTokenFile}
-	}
-	return !reflect.DeepEqual(k(a), k(b))
+	return d.deps.Components(cfg)
 }

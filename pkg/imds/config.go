@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
 )
 
 // TokenMode says whether IMDSv1 (tokenless) requests are answered.
@@ -30,11 +31,15 @@ const (
 	DefaultImageID       = "ami-00000000000000000"
 	DefaultInstanceType  = "on-prem"
 	DefaultMachineIDPath = "/etc/machine-id"
+	// DefaultRootDeviceName is block-device-mapping/ami and /root when
+	// RootDeviceName is empty: the name EC2 gives the root volume of
+	// Amazon Linux and most HVM AMIs.
+	DefaultRootDeviceName = "/dev/xvda"
 )
 
-// Config is what the handler serves. Validate names problems by the YAML
-// keys of pkg/config, which is where operators set these values. Zero values fall back to on-prem
-// defaults derived from the host (see HostFacts) and from RoleARN.
+// Config is what the handler serves, built from the validated file by the
+// command's composition root. Zero values fall back to on-prem defaults
+// derived from the host (see HostFacts) and from RoleARN.
 type Config struct {
 	// RoleARN is the one role served (arn:PARTITION:iam::ACCOUNT:role/PATH/NAME).
 	// Its last path element is the name listed under security-credentials/.
@@ -78,6 +83,24 @@ type Config struct {
 	InstanceProfileARN string
 	InstanceProfileID  string
 
+	// PublicKeys (metadata.public_keys) maps key names to OpenSSH public
+	// keys, served in EC2's layout sorted by name: public-keys/ lists
+	// "0=name", public-keys/0/ lists openssh-key, public-keys/0/openssh-key
+	// is the key. Empty: public-keys/ is 404, as on an instance launched
+	// without a key pair.
+	PublicKeys map[string]string
+	// ReservationID (metadata.reservation_id) defaults to r- + 17 hex
+	// derived from the machine ID, like InstanceID.
+	ReservationID string
+	// SecurityGroups (metadata.security_groups) are the names listed at
+	// security-groups, one per line; empty means 404 (an on-prem host is in
+	// no security group).
+	SecurityGroups []string
+	// RootDeviceName (metadata.root_device_name) is served at
+	// block-device-mapping/ami and block-device-mapping/root; it defaults
+	// to DefaultRootDeviceName.
+	RootDeviceName string
+
 	// Tags are served under meta-data/tags/instance/ when non-empty.
 	Tags map[string]string
 	// UserData is served at user-data; nil means 404 like EC2.
@@ -95,166 +118,86 @@ type Config struct {
 }
 
 var (
-	accountRE  = regexp.MustCompile(`^[0-9]{12}$`)
-	roleNameRE = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
-	regionRE   = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
-	azIDRE     = regexp.MustCompile(`^[a-z0-9]{3,12}-az[0-9]{1,2}$`)
-	instanceRE = regexp.MustCompile(`^i-([0-9a-f]{8}|[0-9a-f]{17})$`)
-	imageRE    = regexp.MustCompile(`^ami-([0-9a-f]{8}|[0-9a-f]{17})$`)
-	profIDRE   = regexp.MustCompile(`^AIPA[A-Z0-9]{16,17}$`)
-	hostRE     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
-	domainRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,252})$`)
-	typeRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$`)
+	hostRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
+	profIDRE = regexp.MustCompile(`^AIPA[A-Z0-9]{16,17}$`)
 )
 
 // partitionInfo is what a partition name implies for the defaults.
 type partitionInfo struct{ domain, region string }
 
-// partitions lists the partitions an IAM role ARN may name.
-var partitions = map[string]partitionInfo{
-	"aws":        {"amazonaws.com", "us-east-1"},
-	"aws-cn":     {"amazonaws.com.cn", "cn-north-1"},
-	"aws-us-gov": {"amazonaws.com", "us-gov-west-1"},
-	"aws-iso":    {"c2s.ic.gov", "us-iso-east-1"},
-	"aws-iso-b":  {"sc2s.sgov.gov", "us-isob-east-1"},
-	"aws-iso-e":  {"cloud.adc-e.uk", "eu-isoe-west-1"},
-	"aws-iso-f":  {"csp.hci.ic.gov", "us-isof-south-1"},
-	"aws-eusc":   {"amazonaws.eu", "eusc-de-east-1"},
-}
+// partitions maps each partition the SDK's endpoint data knows (the one
+// table, in pkg/config/awsarn) to its DNS suffix and default region.
+var partitions = func() map[string]partitionInfo {
+	m := map[string]partitionInfo{}
+	for _, p := range awsarn.Partitions() {
+		m[p.ID] = partitionInfo{p.DNSSuffix, p.DefaultRegion}
+	}
+	return m
+}()
 
 // roleARN is a parsed IAM role ARN.
 type roleARN struct {
 	partition, account, path, name string
 }
 
+// parseRoleARN parses s with the one role ARN parser (awsarn.ParseRole).
 func parseRoleARN(s string) (roleARN, error) {
-	parts := strings.SplitN(s, ":", 6)
-	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "iam" || parts[3] != "" {
-		return roleARN{}, fmt.Errorf("role ARN %q is not arn:PARTITION:iam::ACCOUNT:role/NAME", s)
+	r, err := awsarn.ParseRole(s)
+	if err != nil {
+		return roleARN{}, err
 	}
-	r := roleARN{partition: parts[1], account: parts[4]}
-	if _, ok := partitions[r.partition]; !ok {
-		return roleARN{}, fmt.Errorf("role ARN %q: unknown partition %q", s, r.partition)
-	}
-	if !accountRE.MatchString(r.account) {
-		return roleARN{}, fmt.Errorf("role ARN %q: account %q is not 12 digits", s, r.account)
-	}
-	res, ok := strings.CutPrefix(parts[5], "role/")
-	if !ok {
-		return roleARN{}, fmt.Errorf("role ARN %q: resource is not role/NAME", s)
-	}
-	i := strings.LastIndexByte(res, '/')
-	r.path, r.name = "/"+res[:i+1], res[i+1:]
-	if !roleNameRE.MatchString(r.name) {
-		return roleARN{}, fmt.Errorf("role ARN %q: invalid role name %q", s, r.name)
-	}
-	for _, seg := range strings.Split(strings.Trim(r.path, "/"), "/") {
-		if r.path != "/" && !roleNameRE.MatchString(seg) {
-			return roleARN{}, fmt.Errorf("role ARN %q: invalid path %q", s, r.path)
-		}
-	}
-	return r, nil
+	return roleARN{partition: r.Partition, account: r.AccountID, path: r.Path, name: r.Name}, nil
 }
 
-// Validate reports every problem with c at once. It checks only what is in
-// c; MetadataDir contents are checked when the server is built or updated.
+// Validate checks the invariants the handler relies on: the served role's
+// ARN, the token mode and hop limit, and that every name put into the tree
+// (tags, overrides) can be listed and looked up. The configuration file's
+// keys are validated, by key path, in pkg/config before a Config is built.
+// MetadataDir contents are checked when the server is built or updated.
 func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if c.RoleARN == "" {
-		add("role_arn: required")
-	} else if _, err := parseRoleARN(c.RoleARN); err != nil {
-		errs = append(errs, err)
+	if _, err := parseRoleARN(c.RoleARN); err != nil {
+		add("RoleARN: %w", err)
 	}
 	switch c.TokenMode {
 	case "", TokenRequired, TokenOptional:
 	default:
-		add("imds.tokens: %q is neither %q nor %q", c.TokenMode, TokenRequired, TokenOptional)
+		add("TokenMode: %q is neither %q nor %q", c.TokenMode, TokenRequired, TokenOptional)
 	}
-	if c.HopLimit != 0 && (c.HopLimit < 1 || c.HopLimit > 64) {
-		add("imds.hop_limit: %d is outside 1..64", c.HopLimit)
+	if c.HopLimit < 0 || c.HopLimit > 64 {
+		add("HopLimit: %d is outside 1..64", c.HopLimit)
 	}
 	for _, p := range c.AllowedCIDRs {
 		if !p.IsValid() {
-			add("imds.allowed_cidrs: %v is invalid", p)
+			add("AllowedCIDRs: %v is invalid", p)
 		}
 	}
 	for _, h := range c.AllowedHosts {
 		if !hostRE.MatchString(h) {
-			add("allowed host %q is not a host name", h)
+			add("AllowedHosts: %q is not a host name", h)
 		}
-	}
-	if c.Region != "" && !regionRE.MatchString(c.Region) {
-		add("region: %q is not a region name like us-east-1", c.Region)
-	}
-	if c.AvailabilityZone != "" {
-		region := c.Region
-		if region == "" {
-			region = c.AvailabilityZone[:len(c.AvailabilityZone)-1]
-		}
-		if !azMatches(c.AvailabilityZone, region) {
-			add("metadata.availability_zone: %q is not %s followed by one letter", c.AvailabilityZone, region)
-		}
-	}
-	if c.AvailabilityZoneID != "" && !azIDRE.MatchString(c.AvailabilityZoneID) {
-		add("metadata.availability_zone_id: %q is not shaped like use1-az1", c.AvailabilityZoneID)
-	}
-	if c.Domain != "" && !domainRE.MatchString(c.Domain) {
-		add("metadata.domain: %q is not a DNS suffix", c.Domain)
-	}
-	if c.InstanceID != "" && !instanceRE.MatchString(c.InstanceID) {
-		add("metadata.instance_id: %q is not i- followed by 8 or 17 hex digits", c.InstanceID)
-	}
-	if c.ImageID != "" && !imageRE.MatchString(c.ImageID) {
-		add("metadata.ami_id: %q is not ami- followed by 8 or 17 hex digits", c.ImageID)
-	}
-	if c.InstanceType != "" && !typeRE.MatchString(c.InstanceType) {
-		add("metadata.instance_type: %q has characters other than letters, digits, '.' and '-'", c.InstanceType)
-	}
-	if c.Hostname != "" && !hostRE.MatchString(c.Hostname) {
-		add("metadata.hostname: %q is not a host name", c.Hostname)
-	}
-	if c.LocalHostname != "" && !hostRE.MatchString(c.LocalHostname) {
-		add("metadata.local_hostname: %q is not a host name", c.LocalHostname)
-	}
-	if c.LocalIPv4.IsValid() && !c.LocalIPv4.Is4() {
-		add("metadata.local_ipv4: %v is not an IPv4 address", c.LocalIPv4)
-	}
-	if c.MAC != "" {
-		if hw, err := net.ParseMAC(c.MAC); err != nil || len(hw) != 6 {
-			add("metadata.mac: %q is not a 48-bit MAC address", c.MAC)
-		}
-	}
-	switch c.Architecture {
-	case "", "x86_64", "arm64", "i386":
-	default:
-		add("metadata.architecture: %q is not x86_64, arm64 or i386", c.Architecture)
-	}
-	if c.InstanceProfileARN != "" && !strings.Contains(c.InstanceProfileARN, ":instance-profile/") {
-		add("metadata.instance_profile_arn: %q has no :instance-profile/ resource", c.InstanceProfileARN)
 	}
 	if c.InstanceProfileID != "" && !profIDRE.MatchString(c.InstanceProfileID) {
-		add("instance profile ID %q is not AIPA followed by 16-17 upper-case letters or digits", c.InstanceProfileID)
+		add("InstanceProfileID: %q is not AIPA followed by 16-17 upper-case letters or digits", c.InstanceProfileID)
+	}
+	if c.LocalIPv4.IsValid() && !c.LocalIPv4.Is4() {
+		add("LocalIPv4: %v is not an IPv4 address", c.LocalIPv4)
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Tags)) { // errors in a stable order
-		v := c.Tags[k]
 		if err := checkName(k); err != nil {
-			add("metadata.tags: key %q: %w", k, err)
+			add("Tags: key %q: %w", k, err)
 		}
-		if !utf8.ValidString(v) || hasControl(v) {
-			add("metadata.tags.%s: value has control characters or invalid UTF-8", k)
+		if v := c.Tags[k]; !utf8.ValidString(v) || hasControl(v) {
+			add("Tags: value of %q has control characters or invalid UTF-8", k)
 		}
 	}
 	for _, p := range slices.Sorted(maps.Keys(c.Overrides)) {
 		if _, err := checkEntryPath(p); err != nil {
-			add("override %q: %w", p, err)
+			add("Overrides: %q: %w", p, err)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func azMatches(az, region string) bool {
-	return len(az) == len(region)+1 && strings.HasPrefix(az, region) && az[len(az)-1] >= 'a' && az[len(az)-1] <= 'z'
 }
 
 // maxNameLen bounds one path element of an entry (EC2 tag keys go to 128).

@@ -73,8 +73,8 @@ func TestMetadataDir(t *testing.T) {
 		"user-data application/octet-stream 200 #cloud-config\nruncmd: []\n",
 		"dynamic/fws/instance-monitoring text/plain 200 disabled",
 		"dynamic/ text/plain 200 fws/\ninstance-identity/",
-		"meta-data/.swp text/plain 404 ",
-		".hidden text/plain 404 ",
+		"meta-data/.swp text/html 404 ",
+		".hidden text/html 404 ",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("served (-want +got):\n%s", diff)

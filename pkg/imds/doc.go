@@ -10,7 +10,12 @@
 // config fields, a metadata directory, explicit path overrides), EC2's wire
 // conventions (text/plain bodies, LF-joined listings without a trailing LF,
 // XHTML error pages, Server: EC2ws), a source-address allowlist and a Host
-// header check against DNS rebinding.
+// header check against DNS rebinding. Where AWS documents no status, the
+// answers follow EC2 exchanges published in SDK and tool issue threads
+// (403 for a token request through a proxy, 417 for Expect, doubled
+// slashes, the instance-data host names, the events and public-keys
+// entries); EC2-COMPATIBILITY.md lists them with their sources and the SDK
+// code that depends on them, and fidelity_test.go checks each one.
 //
 // Credentials are read through CredentialSource and never fetched on the
 // request path. The credential documents are rendered once per credential

@@ -137,6 +137,16 @@ func defaultInstanceID(f HostFacts) string {
 	return "i-" + derivedHex("instance-id", seed, 17)
 }
 
+// defaultReservationID is r- + 17 hex derived like defaultInstanceID (a
+// different label, so the two never share digits).
+func defaultReservationID(f HostFacts) string {
+	seed := f.MachineID
+	if seed == "" {
+		seed = "hostname:" + f.Hostname
+	}
+	return "r-" + derivedHex("reservation-id", seed, 17)
+}
+
 // defaultInstanceProfileID is AIPA + 17 characters derived from the role ARN
 // (real IDs are AIPA + 17 upper-case letters and digits).
 func defaultInstanceProfileID(roleARN string) string {

@@ -65,7 +65,7 @@ func FuzzPath(f *testing.F) {
 		if strings.HasSuffix(w.Body.String(), "\n") {
 			t.Fatalf("%s %q: body ends with LF", method, path)
 		}
-		p := strings.TrimLeft(path, "/")
+		p := strings.TrimLeft(cleanPath(path), "/")
 		if p == "" {
 			return
 		}

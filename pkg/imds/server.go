@@ -301,14 +301,21 @@ func ttlHeader(n int64) []string {
 	return v
 }
 
-// errorPage renders EC2's XHTML error page for status. Like every IMDS
-// response it is served as text/plain (a captured EC2 405 on the token path
-// says Content-Type: text/plain too).
+// errorPage renders EC2's XHTML error page for status. EC2 serves its 404
+// page as text/html and the others as text/plain (a captured EC2 405 on
+// the token path says Content-Type: text/plain); its 403 has no body at
+// all (captures in aws-sdk-kotlin #627 and aws_credentials #47:
+// Content-Length: 0, Content-Type: text/plain). The system identifier is
+// indented by nine spaces, as in every published capture of the page
+// (coreos-overlay #142, terraform-provider-vault #327, s3fs-fuse #1605).
 func errorPage(status int) response {
+	if status == http.StatusForbidden {
+		return newResponse([]byte{}, hdrTextPlain)
+	}
 	title := strconv.Itoa(status) + " - " + http.StatusText(status)
 	body := `<?xml version="1.0" encoding="iso-8859-1"?>
 <!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
-	"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+         "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
 <html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">
  <head>
   <title>` + title + `</title>
@@ -317,13 +324,17 @@ func errorPage(status int) response {
   <h1>` + title + `</h1>
  </body>
 </html>`
-	return newResponse([]byte(body), hdrTextPlain)
+	ctype := hdrTextPlain
+	if status == http.StatusNotFound {
+		ctype = hdrTextHTML
+	}
+	return newResponse([]byte(body), ctype)
 }
 
 var errorPages = map[int]response{}
 
 func init() {
-	for _, c := range []int{400, 401, 403, 404, 405, 500} {
+	for _, c := range []int{400, 401, 403, 404, 405, 417, 500} {
 		errorPages[c] = errorPage(c)
 	}
 }
@@ -379,7 +390,7 @@ func (st *state) hostAllowed(r *http.Request) bool {
 	}
 	h = stripPort(h)
 	h = strings.TrimSuffix(h, ".")
-	if strings.EqualFold(h, "localhost") {
+	if strings.EqualFold(h, "localhost") || ec2HostName(h, st.d.region) {
 		return true
 	}
 	if a, err := netip.ParseAddr(h); err == nil {
@@ -456,8 +467,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (string, int) {
 	h := w.Header()
 	h["Server"] = hdrServer
-	path := strings.TrimLeft(r.URL.Path, "/")
+	path := strings.TrimLeft(cleanPath(r.URL.Path), "/")
 	version, rest, _ := strings.Cut(path, "/")
+	slash := strings.HasSuffix(rest, "/")
 	rest = strings.TrimSuffix(rest, "/")
 	class := ClassOther
 	known := isVersion(version)
@@ -471,6 +483,9 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 
 	if !st.sourceAllowed(r) || !st.hostAllowed(r) {
 		return class, s.fail(w, r, http.StatusForbidden)
+	}
+	if code := ec2RequestGate(r, isToken, slash); code != 0 {
+		return class, s.fail(w, r, code)
 	}
 	if isToken && version == "latest" {
 		if r.Method != http.MethodPut {
@@ -564,13 +579,6 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int) int {
 
 // issueToken answers PUT /latest/api/token.
 func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) int {
-	// A proxy in the path adds X-Forwarded-For; EC2 issues no token then.
-	// 400 (as rolesanywhere's serve does) is terminal for every SDK, where
-	// 403 would make them fall back to tokenless requests through the
-	// same proxy.
-	if _, ok := r.Header[hForwardedFor]; ok {
-		return s.fail(w, r, http.StatusBadRequest)
-	}
 	v := r.Header[hTokenTTL]
 	if len(v) != 1 {
 		return s.fail(w, r, http.StatusBadRequest)

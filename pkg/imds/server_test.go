@@ -117,8 +117,8 @@ func TestServeTable(t *testing.T) {
 		{TokenRequired, "GET", "/latest/meta-data/instance-id", tokValid, nil, 200, "i-" + derivedHex("instance-id", testHost.MachineID, 17)},
 		{TokenRequired, "GET", "/latest/user-data", tokValid, nil, 404, ""},
 		{TokenRequired, "GET", "/latest/meta-data/tags/instance", tokValid, nil, 404, ""},
-		{TokenRequired, "GET", "/latest/", tokValid, nil, 200, "dynamic\nmeta-data"},
-		{TokenRequired, "GET", "/latest", tokValid, nil, 200, "dynamic\nmeta-data"},
+		{TokenRequired, "GET", "/latest/", tokValid, nil, 200, "dynamic\nmeta-data\nuser-data"},
+		{TokenRequired, "GET", "/latest", tokValid, nil, 200, "dynamic\nmeta-data\nuser-data"},
 		{TokenRequired, "GET", "/latest/dynamic/", tokValid, nil, 200, "instance-identity/"},
 		{TokenRequired, "GET", "/latest/dynamic/instance-identity", tokValid, nil, 200, "document"},
 		{TokenRequired, "GET", "/latest/dynamic/instance-identity/pkcs7", tokValid, nil, 404, ""},
@@ -133,15 +133,15 @@ func TestServeTable(t *testing.T) {
 		{TokenRequired, "HEAD", "/latest/api/token", tokNone, nil, 405, ""},
 		// Token PUT.
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21600"}, 200, ""},
-		{TokenRequired, "PUT", "/latest/api/token/", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "1"}, 200, ""},
+		{TokenRequired, "PUT", "/latest/api/token/", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "1"}, 403, ""}, // EC2: fidelity_test.go
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21601"}, 400, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "0"}, 400, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "-5"}, 400, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "6e2"}, 400, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": ""}, 400, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokNone, nil, 400, ""},
-		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "203.0.113.9"}, 400, ""},
-		{TokenOptional, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "203.0.113.9"}, 400, ""},
+		{TokenRequired, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "203.0.113.9"}, 403, ""},
+		{TokenOptional, "PUT", "/latest/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "203.0.113.9"}, 403, ""},
 		{TokenRequired, "PUT", "/2021-03-23/api/token", tokNone, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, 403, ""},
 		{TokenRequired, "PUT", "/latest/api/token", tokValid, map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, 200, ""},
 		// Source allowlist and Host check (both 403, before anything else).
@@ -191,10 +191,18 @@ func TestServeTable(t *testing.T) {
 			if got := w.Header().Get("Server"); got != "EC2ws" {
 				t.Errorf("Server = %q, want EC2ws", got)
 			}
-			if ct := w.Header().Get("Content-Type"); ct != "text/plain" {
-				t.Errorf("Content-Type = %q, want text/plain", ct)
+			// EC2 serves its 404 page as text/html (fidelity_test.go).
+			wantCT := "text/plain"
+			if r.want == 404 {
+				wantCT = "text/html"
 			}
-			if r.want != 200 {
+			if ct := w.Header().Get("Content-Type"); ct != wantCT {
+				t.Errorf("Content-Type = %q, want %s", ct, wantCT)
+			}
+			if r.want == 403 && w.Body.Len() != 0 {
+				t.Errorf("403 body = %q, want empty as on EC2", w.Body.String())
+			}
+			if r.want != 200 && r.want != 403 {
 				want := fmt.Sprintf("<h1>%d - ", r.want)
 				if r.method != "HEAD" && !strings.Contains(w.Body.String(), want) {
 					t.Errorf("error body lacks %q: %q", want, w.Body.String())
@@ -382,12 +390,12 @@ func TestUpdate(t *testing.T) {
 	// A bad config is refused and changes nothing.
 	bad := cfg
 	bad.TokenMode = "sometimes"
-	bad.Region = "mars"
+	bad.HopLimit = 65
 	err := e.srv.Update(bad, src2)
 	if err == nil {
 		t.Fatal("Update accepted an invalid config")
 	}
-	for _, want := range []string{`imds.tokens: "sometimes"`, `region: "mars"`} {
+	for _, want := range []string{`TokenMode: "sometimes"`, `HopLimit: 65`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
@@ -414,22 +422,19 @@ func TestConfigValidate(t *testing.T) {
 			c.Tags = map[string]string{"Name": "build box", "team:owner": ""}
 			c.Overrides = map[string]string{"meta-data/public-keys/0/openssh-key": "ssh-ed25519 AAAA"}
 		}, ""},
-		{"no role", func(c *Config) { c.RoleARN = "" }, "role_arn: required"},
-		{"user ARN", func(c *Config) { c.RoleARN = "arn:aws:iam::123456789012:user/bob" }, "resource is not role/NAME"},
+		{"no role", func(c *Config) { c.RoleARN = "" }, "RoleARN: "},
+		{"user ARN", func(c *Config) { c.RoleARN = "arn:aws:iam::123456789012:user/bob" }, "does not start with role/"},
 		{"bad account", func(c *Config) { c.RoleARN = "arn:aws:iam::12345:role/x" }, "not 12 digits"},
-		{"bad partition", func(c *Config) { c.RoleARN = "arn:azure:iam::123456789012:role/x" }, "unknown partition"},
-		{"mode", func(c *Config) { c.TokenMode = "v1" }, `imds.tokens: "v1"`},
-		{"hop", func(c *Config) { c.HopLimit = 65 }, "imds.hop_limit: 65"},
-		{"az", func(c *Config) { c.Region, c.AvailabilityZone = "us-east-1", "us-west-2a" }, "metadata.availability_zone: "},
-		{"instance", func(c *Config) { c.InstanceID = "i-xyz" }, "metadata.instance_id: "},
-		{"mac", func(c *Config) { c.MAC = "zz" }, "MAC"},
+		{"bad partition", func(c *Config) { c.RoleARN = "arn:azure:iam::123456789012:role/x" }, `partition "azure"`},
+		{"mode", func(c *Config) { c.TokenMode = "v1" }, `TokenMode: "v1"`},
+		{"hop", func(c *Config) { c.HopLimit = 65 }, "HopLimit: 65"},
 		{"ipv4", func(c *Config) { c.LocalIPv4 = netip.MustParseAddr("::1") }, "not an IPv4"},
-		{"tag slash", func(c *Config) { c.Tags = map[string]string{"a/b": "x"} }, "metadata.tags: key"},
+		{"tag slash", func(c *Config) { c.Tags = map[string]string{"a/b": "x"} }, "Tags: key"},
 		{"tag newline", func(c *Config) { c.Tags = map[string]string{"a": "x\ny"} }, "control characters"},
 		{"override iam", func(c *Config) { c.Overrides = map[string]string{"meta-data/iam/info": "{}"} }, "reserved"},
 		{"override traversal", func(c *Config) { c.Overrides = map[string]string{"meta-data/../x": "1"} }, "starts with '.'"},
 		{"override top", func(c *Config) { c.Overrides = map[string]string{"secrets/x": "1"} }, "top level"},
-		{"host", func(c *Config) { c.AllowedHosts = []string{"bad host"} }, "allowed host"},
+		{"host", func(c *Config) { c.AllowedHosts = []string{"bad host"} }, "AllowedHosts: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := baseConfig()

@@ -41,6 +41,7 @@ const (
 	kindCredentials                 // security-credentials/<role>
 	kindExtended                    // security-credentials-extended/<role>
 	kindIAMInfo                     // iam/info (LastUpdated follows the credentials)
+	kindListing                     // a directory listing given whole (public-keys/), not derived from its children
 )
 
 // response is a precomputed body with the header values that go with it;
@@ -76,6 +77,8 @@ type derived struct {
 	region, az, azID   string
 	domain             string
 	instanceID, image  string
+	reservationID      string
+	rootDevice         string
 	instanceType, arch string
 	hostname, localHN  string
 	localIPv4          string
@@ -100,6 +103,8 @@ func resolve(cfg Config, host HostFacts, now time.Time) (derived, error) {
 	d.azID = firstNonEmpty(cfg.AvailabilityZoneID, defaultAZID(d.az))
 	d.domain = firstNonEmpty(cfg.Domain, p.domain)
 	d.instanceID = firstNonEmpty(cfg.InstanceID, defaultInstanceID(host))
+	d.reservationID = firstNonEmpty(cfg.ReservationID, defaultReservationID(host))
+	d.rootDevice = firstNonEmpty(cfg.RootDeviceName, DefaultRootDeviceName)
 	d.image = firstNonEmpty(cfg.ImageID, DefaultImageID)
 	d.instanceType = firstNonEmpty(cfg.InstanceType, DefaultInstanceType)
 	d.arch = firstNonEmpty(cfg.Architecture, goArch(runtime.GOARCH))
@@ -173,6 +178,7 @@ func leaves(cfg Config, d derived, dir map[string][]byte) map[string]leaf {
 	set("meta-data/placement/region", d.region)
 	set("meta-data/services/domain", d.domain)
 	set("meta-data/services/partition", d.role.partition)
+	ec2Leaves(cfg, d, set, l)
 	for k, v := range cfg.Tags {
 		l["meta-data/tags/instance/"+k] = leaf{data: []byte(v)}
 	}
@@ -202,21 +208,27 @@ var hidden = map[string]bool{"meta-data/iam/security-credentials-extended": true
 var (
 	hdrTextPlain   = []string{"text/plain"}
 	hdrOctetStream = []string{"application/octet-stream"}
+	hdrTextHTML    = []string{"text/html"}
 )
 
 // build assembles the tree: one node per value and one listing per
 // directory, children sorted, sub-directories suffixed with '/', joined
 // with LF and no trailing LF.
 func build(l map[string]leaf) (tree, error) {
-	children := map[string]map[string]bool{"": {}} // dir → child name → is dir
-	for p := range l {
+	// EC2 lists user-data at the version root whether or not the
+	// instance has any; fetching it is then 404 (see fidelity.go).
+	children := map[string]map[string]bool{"": {"user-data": false}} // dir → child name → is dir
+	for p, v := range l {
+		if v.kind == kindListing {
+			continue // a directory whose children are added below it
+		}
 		elems := strings.Split(p, "/")
 		for i := range elems {
 			parent := strings.Join(elems[:i], "/")
 			full := strings.Join(elems[:i+1], "/")
 			isDir := i < len(elems)-1
 			if isDir {
-				if _, ok := l[full]; ok {
+				if v, ok := l[full]; ok && v.kind != kindListing {
 					return nil, fmt.Errorf("%s is both a value and a directory", full)
 				}
 			}
@@ -247,6 +259,13 @@ func build(l map[string]leaf) (tree, error) {
 		t[dir] = &node{resp: newResponse([]byte(strings.Join(names, "\n")), hdrTextPlain)}
 	}
 	for p, v := range l {
+		if v.kind == kindListing {
+			if children[p] == nil {
+				return nil, fmt.Errorf("%s has a listing but no entries", p)
+			}
+			t[p] = &node{resp: newResponse(v.data, hdrTextPlain)}
+			continue
+		}
 		n := &node{kind: v.kind}
 		if v.kind == kindStatic {
 			ct := hdrTextPlain

@@ -38,9 +38,27 @@ const (
 
 // Names of the owned chains.
 const (
-	natChain    = ChainPrefix + "OUTPUT"
-	filterChain = ChainPrefix + "FORWARD"
+	natChain       = ChainPrefix + "OUTPUT"     // nat OUTPUT: the host's own callers
+	preroutChain   = ChainPrefix + "PREROUTING" // nat PREROUTING: callers on Config.Containers bridges
+	fenceChain     = ChainPrefix + "INPUT"      // filter INPUT: nothing off the host reaches the endpoint or listener
+	arpChain       = ChainPrefix + "ARP"        // arptables INPUT: no ARP answers for the endpoint
+	oldFilterChain = ChainPrefix + "FORWARD"    // no longer planned; removed as stale where an older version left it
 )
+
+// IPv6 modes accepted in Config.IPv6.
+const (
+	IPv6Auto  = "auto"  // answer at [fd00:ec2::254] when the host has IPv6; stay silent otherwise
+	IPv6True  = "true"  // answer at [fd00:ec2::254]; no IPv6 is an error
+	IPv6False = "false" // IPv4 only
+)
+
+// ErrLoopbackTarget is wrapped by Validate when Config.Containers is set and
+// Config.Target is a loopback address: a packet DNATed in PREROUTING to
+// 127.0.0.0/8 is dropped as a martian unless route_localnet=1, which
+// imds-shim never sets (it would let on-link neighbours reach loopback
+// services). The daemon must listen on a non-loopback address, normally
+// 169.254.169.254 itself, for containers to be served.
+var ErrLoopbackTarget = errors.New("containers cannot reach a loopback target")
 
 // Defaults of Config; DefaultConfig returns them all, including the address
 // 169.254.169.254 and the target 127.0.0.1:8254.
@@ -53,7 +71,19 @@ const (
 var (
 	defaultAddr   = netip.AddrFrom4([4]byte{169, 254, 169, 254})
 	defaultTarget = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 8254)
+	// addr6 is EC2's IPv6 endpoint; claimed as a /128 when IPv6 is on.
+	addr6 = netip.MustParseAddr("fd00:ec2::254")
 )
+
+// IPv6Addr is the IPv6 endpoint address, fd00:ec2::254, as EC2 has it.
+func IPv6Addr() netip.Addr { return addr6 }
+
+// IPv6Target is the listener the IPv6 redirect sends to for an IPv4 target:
+// [fd00:ec2::254] on the same port. IPv6 has no route_localnet, so [::1]
+// could not serve containers; the endpoint address itself serves host and
+// container callers alike. The daemon must bind it when IPv6 is active
+// (Redirector.Listeners).
+func IPv6Target(v4 netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(addr6, v4.Port()) }
 
 // maxIfNameLen is the longest interface name (and address label) the kernel
 // accepts: IFNAMSIZ minus the terminating NUL.
@@ -77,6 +107,14 @@ type Config struct {
 	Backend string
 	// ReconcileInterval is how often Run re-checks everything; 10 s by default.
 	ReconcileInterval time.Duration
+	// Containers names the bridges whose traffic to Addr:Port (and to
+	// [fd00:ec2::254]:Port) is redirected too, in nat PREROUTING. A bridge
+	// that does not exist yet is fine: its rules match once it appears.
+	// Empty: only the host's own processes are redirected.
+	Containers []string
+	// IPv6 is "auto" (the default), "true" or "false": whether to answer at
+	// [fd00:ec2::254] too (see IPv6Target).
+	IPv6 string
 }
 
 // DefaultConfig returns a Config with every default filled in.
@@ -104,6 +142,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = DefaultReconcile
+	}
+	if c.IPv6 == "" {
+		c.IPv6 = IPv6Auto
 	}
 	return c
 }
@@ -149,7 +190,48 @@ func (c Config) Validate() error {
 	if c.ReconcileInterval < 0 {
 		bad("reconcile interval", "%s is negative", c.ReconcileInterval)
 	}
+	switch c.IPv6 {
+	case IPv6Auto, IPv6True, IPv6False:
+		if t := c.Target; c.IPv6 != IPv6False && t.Port() == c.Port && t.Addr().Is4() {
+			bad("ipv6", "the IPv6 redirect would send [%s]:%d to itself: the target port must differ from the redirected port %d, or set ipv6 to false",
+				addr6, c.Port, c.Port)
+		}
+	default:
+		bad("ipv6", "%q must be auto, true or false", c.IPv6)
+	}
+	seen := map[string]bool{}
+	for i, b := range c.Containers {
+		field := fmt.Sprintf("containers[%d]", i)
+		switch {
+		case b == LinkLo:
+			bad(field, "lo is not a bridge; the host's own callers are always redirected")
+		case seen[b]:
+			bad(field, "%q is listed twice", b)
+		default:
+			if err := checkIfName(b); err != nil {
+				bad(field, "%v", err)
+			}
+		}
+		seen[b] = true
+	}
+	if t := c.Target.Addr(); len(c.Containers) > 0 && t.IsLoopback() {
+		errs = append(errs, fmt.Errorf("target: %s: %w (the kernel drops loopback destinations arriving on a bridge unless route_localnet=1, which imds-shim never sets); listen on %s:<port> instead",
+			c.Target, ErrLoopbackTarget, c.Addr))
+	}
 	return errors.Join(errs...)
+}
+
+// checkIfName accepts a name the kernel would accept for a link.
+func checkIfName(name string) error {
+	switch {
+	case name == "", name == ".", name == "..":
+		return fmt.Errorf("%q is not a valid link name", name)
+	case strings.ContainsAny(name, "/: \t\n\x00"):
+		return fmt.Errorf("%q contains a character link names cannot have", name)
+	case len(name) > maxIfNameLen:
+		return fmt.Errorf("%q is longer than %d bytes", name, maxIfNameLen)
+	}
+	return nil
 }
 
 // checkLinkName accepts a name the kernel would accept for a link and that
@@ -171,3 +253,6 @@ func label(link string) string { return link + LabelSuffix }
 
 // prefix is the address as the /32 that is installed.
 func (c Config) prefix() netip.Prefix { return netip.PrefixFrom(c.Addr, 32) }
+
+// prefix6 is the IPv6 endpoint as the /128 that is installed.
+func (c Config) prefix6() netip.Prefix { return netip.PrefixFrom(addr6, 128) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -63,12 +64,179 @@ type fakeTable struct {
 type fakeIPTables struct {
 	mu     sync.Mutex
 	legacy bool
+	v6     bool
+	arp    bool // arptables: its own built-in chains, specs stored as given (see canonical)
 	tables map[string]*fakeTable
 	faults *faults
 }
 
-func newFakeIPTables(legacy bool, f *faults) *fakeIPTables {
-	return &fakeIPTables{legacy: legacy, tables: map[string]*fakeTable{}, faults: f}
+func newFakeIPTables(legacy, v6 bool, f *faults) *fakeIPTables {
+	return &fakeIPTables{legacy: legacy, v6: v6, tables: map[string]*fakeTable{}, faults: f}
+}
+
+// builtins are the built-in chains of table in this fake.
+func (x *fakeIPTables) builtins(table string) []string {
+	if x.arp {
+		return []string{"INPUT", "OUTPUT"}
+	}
+	return builtinChains[table]
+}
+
+// canonical is canonical for iptables and ip6tables. arptables prints its
+// few options in an order of its own (target first); the fake stores them
+// as given, and TestKernelPlanIsWhatIptablesPrints holds the arptables plan
+// to what arptables prints.
+func (x *fakeIPTables) canonical(spec []string) ([]string, error) {
+	if x.arp {
+		return spec, nil
+	}
+	return canonical(spec, x.v6)
+}
+
+// canonical rewrites a rulespec the way the kernel stores it and `iptables
+// -S` prints it back (checked against iptables 1.8.9, both backends): the
+// basic matches first in the order -s -d -i -o -p, each address with its
+// prefix length; a --dport or --sport without its match gets the implicit
+// `-m tcp` (or udp) where it appears; then the matches in the order they
+// were loaded; then the target and its options. An option the fake does
+// not know is an error, so that no test passes on a spec the fake cannot
+// judge.
+func canonical(spec []string, v6 bool) ([]string, error) {
+	var (
+		basic   = map[string][]string{}
+		matches [][]string // each: "-m", name, options...
+		target  []string
+		proto   string
+		neg     bool
+	)
+	bits := 32
+	if v6 {
+		bits = 128
+	}
+	addr := func(s string) (string, error) {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is6() == v6 {
+			return p.Masked().String(), nil
+		}
+		if a, err := netip.ParseAddr(s); err == nil && a.Is6() == v6 {
+			return netip.PrefixFrom(a, bits).String(), nil
+		}
+		return "", fmt.Errorf("host/network %q not found", s)
+	}
+	opt := func(o string) string {
+		if neg {
+			neg = false
+			return "! " + o
+		}
+		return o
+	}
+	curMatch := func(name string) *[]string {
+		for i := range matches {
+			if matches[i][1] == name {
+				return &matches[i]
+			}
+		}
+		matches = append(matches, []string{"-m", name})
+		return &matches[len(matches)-1]
+	}
+	for i := 0; i < len(spec); i++ {
+		w := spec[i]
+		val := func() (string, error) {
+			if i+1 >= len(spec) {
+				return "", fmt.Errorf("option %q requires an argument", w)
+			}
+			i++
+			return spec[i], nil
+		}
+		if target != nil {
+			switch w {
+			case "--to-destination":
+				v, err := val()
+				if err != nil {
+					return nil, err
+				}
+				ap, err := netip.ParseAddrPort(v)
+				if err != nil || ap.Addr().Is6() != v6 {
+					return nil, fmt.Errorf("bad --to-destination %q", v)
+				}
+				target = append(target, w, ap.String())
+			default:
+				return nil, fmt.Errorf("fake iptables: unknown target option %q", w)
+			}
+			continue
+		}
+		switch w {
+		case "!":
+			neg = true
+		case "-s", "--source", "-d", "--destination":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			a, err := addr(v)
+			if err != nil {
+				return nil, err
+			}
+			short := "-" + string(strings.TrimLeft(w, "-")[0])
+			basic[short] = strings.Fields(opt(short) + " " + a)
+		case "-i", "--in-interface", "-o", "--out-interface":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			short := "-" + string(strings.TrimLeft(w, "-")[0])
+			basic[short] = strings.Fields(opt(short) + " " + v)
+		case "-p", "--protocol":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			proto = strings.ToLower(v)
+			basic["-p"] = strings.Fields(opt("-p") + " " + proto)
+		case "-m", "--match":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			curMatch(v)
+		case "--dport", "--sport", "--destination-port", "--source-port":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			if proto != "tcp" && proto != "udp" {
+				return nil, fmt.Errorf("unknown option %q", w)
+			}
+			m := curMatch(proto)
+			short := "--" + string(strings.TrimLeft(w, "-")[0]) + "port"
+			*m = append(*m, strings.Fields(opt(short)+" "+v)...)
+		case "--comment":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			m := curMatch("comment")
+			*m = append(*m, w, v)
+		case "-j", "--jump", "-g", "--goto":
+			v, err := val()
+			if err != nil {
+				return nil, err
+			}
+			target = []string{"-" + string(strings.TrimLeft(w, "-")[0]), v}
+		default:
+			return nil, fmt.Errorf("fake iptables: unknown option %q", w)
+		}
+	}
+	var out []string
+	for _, k := range []string{"-s", "-d", "-i", "-o", "-p"} {
+		out = append(out, basic[k]...)
+	}
+	for _, m := range matches {
+		if len(m) == 2 && m[1] != proto {
+			return nil, fmt.Errorf("fake iptables: match %q without options", m[1])
+		}
+		out = append(out, m...)
+	}
+	return append(out, target...), nil
 }
 
 var _ iptablesAPI = (*fakeIPTables)(nil)
@@ -77,7 +245,7 @@ var _ iptablesAPI = (*fakeIPTables)(nil)
 func (x *fakeIPTables) table(name string) *fakeTable {
 	t, ok := x.tables[name]
 	if !ok {
-		t = &fakeTable{chains: slices.Clone(builtinChains[name]), rules: map[string][]string{}}
+		t = &fakeTable{chains: slices.Clone(x.builtins(name)), rules: map[string][]string{}}
 		x.tables[name] = t
 	}
 	return t
@@ -125,7 +293,7 @@ func (x *fakeIPTables) ClearAndDeleteChain(table, chain string) error {
 	if !t.has(chain) {
 		return nil // go-iptables checks ChainExists first
 	}
-	if slices.Contains(builtinChains[table], chain) {
+	if slices.Contains(x.builtins(table), chain) {
 		return &fakeIPTError{msg: "iptables: cannot delete built-in chain"}
 	}
 	for c, specs := range t.rules {
@@ -154,6 +322,10 @@ func (x *fakeIPTables) Insert(table, chain string, pos int, spec ...string) erro
 	if !t.has(chain) {
 		return notExist("iptables: No chain/target/match by that name.")
 	}
+	spec, err := x.canonical(spec)
+	if err != nil {
+		return &fakeIPTError{msg: err.Error()}
+	}
 	if err := x.checkTarget(t, spec); err != nil {
 		return err
 	}
@@ -177,6 +349,10 @@ func (x *fakeIPTables) Delete(table, chain string, spec ...string) error {
 	t := x.table(table)
 	if !t.has(chain) {
 		return notExist("iptables: No chain/target/match by that name.")
+	}
+	spec, err := x.canonical(spec)
+	if err != nil {
+		return &fakeIPTError{msg: err.Error()}
 	}
 	i := slices.Index(t.rules[chain], joinArgs(spec))
 	if i < 0 {
@@ -211,11 +387,11 @@ func (x *fakeIPTables) ListTable(table string) ([]string, error) {
 	case !ok && x.legacy:
 		t = x.table(table) // the kernel instantiates a legacy table on any access
 	case !ok:
-		t = &fakeTable{chains: builtinChains[table]} // nft lists without creating
+		t = &fakeTable{chains: x.builtins(table)} // nft lists without creating
 	}
 	var out []string
 	for _, c := range t.chains {
-		if slices.Contains(builtinChains[table], c) {
+		if slices.Contains(x.builtins(table), c) {
 			out = append(out, "-P "+c+" ACCEPT")
 		} else {
 			out = append(out, "-N "+c)
@@ -273,12 +449,12 @@ func (x *fakeIPTables) String() string {
 	sort.Strings(names)
 	for _, n := range names {
 		t := x.tables[n]
-		if len(t.chains) == len(builtinChains[n]) && len(slices.Concat(slices.Collect(maps.Values(t.rules))...)) == 0 {
+		if len(t.chains) == len(x.builtins(n)) && len(slices.Concat(slices.Collect(maps.Values(t.rules))...)) == 0 {
 			continue // like nft, a table once used stays with empty built-in chains: no trace of anyone
 		}
 		fmt.Fprintf(&b, "*%s\n", n)
 		for _, c := range t.chains {
-			if !slices.Contains(builtinChains[n], c) {
+			if !slices.Contains(x.builtins(n), c) {
 				fmt.Fprintf(&b, "-N %s\n", c)
 			}
 		}
@@ -451,7 +627,13 @@ func (f *fakeLinks) AddrList(l netlink.Link, family int) ([]netlink.Addr, error)
 	if err != nil {
 		return nil, err
 	}
-	return slices.Clone(fl.addrs), nil
+	var out []netlink.Addr
+	for _, a := range fl.addrs {
+		if is4 := a.IP.To4() != nil; family == netlink.FAMILY_ALL || is4 == (family == netlink.FAMILY_V4) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeLinks) AddrAdd(l netlink.Link, a *netlink.Addr) error {
@@ -481,7 +663,7 @@ func (f *fakeLinks) AddrAdd(l netlink.Link, a *netlink.Addr) error {
 	}
 	na := *a
 	na.IPNet = &net.IPNet{IP: slices.Clone(a.IP), Mask: slices.Clone(a.Mask)}
-	if na.Label == "" {
+	if na.Label == "" && a.IP.To4() != nil {
 		na.Label = fl.name
 	}
 	na.LinkIndex = fl.index
@@ -577,8 +759,16 @@ func (f *fakeLinks) String() string {
 			state = "up"
 		}
 		fmt.Fprintf(&b, "link %s type %s alias %q %s\n", l.name, l.typ, l.alias, state)
+		// As the kernel lists them: IPv4, then IPv6.
 		for _, a := range l.addrs {
-			fmt.Fprintf(&b, "  inet %s scope %d label %s\n", prefixOf(a), a.Scope, a.Label)
+			if a.IP.To4() != nil {
+				fmt.Fprintf(&b, "  inet %s scope %d label %s\n", prefixOf(a), a.Scope, a.Label)
+			}
+		}
+		for _, a := range l.addrs {
+			if a.IP.To4() == nil {
+				fmt.Fprintf(&b, "  inet6 %s flags %#x\n", prefixOf(a), a.Flags)
+			}
 		}
 	}
 	return b.String()
@@ -589,6 +779,9 @@ type fakeHost struct {
 	faults      *faults
 	links       *fakeLinks
 	ipt         map[string]*fakeIPTables // by backend; a missing key is "not installed"
+	ipt6        map[string]*fakeIPTables // ip6tables, by backend
+	arp         map[string]*fakeIPTables // arptables, by backend
+	ipv6        error                    // why IPv6 is unusable; nil: usable
 	alternative string
 	tick        chan time.Time
 }
@@ -596,9 +789,15 @@ type fakeHost struct {
 func newFakeHost(dummy bool, backends ...string) *fakeHost {
 	f := &faults{}
 	h := &fakeHost{faults: f, links: newFakeLinks(dummy, f), ipt: map[string]*fakeIPTables{},
-		alternative: BackendNFT, tick: make(chan time.Time)}
+		ipt6: map[string]*fakeIPTables{}, arp: map[string]*fakeIPTables{}, alternative: BackendNFT, tick: make(chan time.Time)}
 	for _, b := range backends {
-		h.ipt[b] = newFakeIPTables(b == BackendLegacy, f)
+		h.ipt[b] = newFakeIPTables(b == BackendLegacy, false, f)
+		h.ipt6[b] = newFakeIPTables(b == BackendLegacy, true, f)
+	}
+	// arptables-nft only, as Debian ships it by default.
+	if slices.Contains(backends, BackendNFT) {
+		h.arp[BackendNFT] = newFakeIPTables(false, false, f)
+		h.arp[BackendNFT].arp = true
 	}
 	return h
 }
@@ -606,13 +805,24 @@ func newFakeHost(dummy bool, backends ...string) *fakeHost {
 func (h *fakeHost) system() system {
 	return system{
 		links: h.links,
-		iptables: func(b string) (iptablesAPI, error) {
-			if x, ok := h.ipt[b]; ok {
+		iptables: func(b string, v6 bool) (iptablesAPI, error) {
+			m := h.ipt
+			if v6 {
+				m = h.ipt6
+			}
+			if x, ok := m[b]; ok {
 				return x, nil
 			}
 			return nil, fmt.Errorf("finding iptables-%s: %w", b, errNoBackend)
 		},
-		mode:   func() (string, error) { return h.alternative, nil },
+		mode: func() (string, error) { return h.alternative, nil },
+		ipv6: func(string) error { return h.ipv6 },
+		arp: func(b string) (iptablesAPI, error) {
+			if x, ok := h.arp[b]; ok {
+				return x, nil
+			}
+			return nil, fmt.Errorf("finding arptables-%s: %w", b, errNoBackend)
+		},
 		ticker: func(time.Duration) (<-chan time.Time, func()) { return h.tick, func() {} },
 	}
 }
@@ -624,6 +834,12 @@ func (h *fakeHost) String() string {
 	for _, name := range []string{BackendNFT, BackendLegacy} {
 		if x, ok := h.ipt[name]; ok {
 			fmt.Fprintf(&b, "# %s\n%s", name, x)
+		}
+		if x, ok := h.ipt6[name]; ok && x.String() != "" {
+			fmt.Fprintf(&b, "# %s ip6\n%s", name, x)
+		}
+		if x, ok := h.arp[name]; ok && x.String() != "" {
+			fmt.Fprintf(&b, "# %s arp\n%s", name, x)
 		}
 	}
 	return b.String()

@@ -33,6 +33,7 @@ type iptablesCmd struct {
 	*iptables.IPTables
 	path   string
 	legacy bool
+	v6     bool
 }
 
 var _ iptablesAPI = iptablesCmd{}
@@ -60,7 +61,11 @@ func (c iptablesCmd) TablePresent(table string) (bool, error) {
 	if !c.legacy {
 		return true, nil
 	}
-	b, err := os.ReadFile("/proc/net/ip_tables_names")
+	names := "/proc/net/ip_tables_names"
+	if c.v6 {
+		names = "/proc/net/ip6_tables_names"
+	}
+	b, err := os.ReadFile(names)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
@@ -78,25 +83,51 @@ func (c iptablesCmd) TablePresent(table string) (bool, error) {
 // errNoBackend says that a backend's binary is not installed.
 var errNoBackend = errors.New("iptables backend not installed")
 
-// openIPTables returns the iptables of backend ("nft" or "legacy"), using
-// iptables-nft or iptables-legacy, or plain iptables when it is the only
-// binary and runs in that mode (iptables before 1.8 is legacy).
-func openIPTables(backend string) (iptablesAPI, error) {
-	path, err := exec.LookPath("iptables-" + backend)
+// openIPTables returns the iptables (ip6tables with v6) of backend ("nft"
+// or "legacy"), using iptables-nft or iptables-legacy, or plain iptables
+// when it is the only binary and runs in that mode (iptables before 1.8 is
+// legacy).
+func openIPTables(backend string, v6 bool) (iptablesAPI, error) {
+	cmd, proto := "iptables", iptables.ProtocolIPv4
+	if v6 {
+		cmd, proto = "ip6tables", iptables.ProtocolIPv6
+	}
+	path, err := exec.LookPath(cmd + "-" + backend)
 	if err != nil {
 		mode, merr := iptablesMode()
 		if merr != nil || mode != backend {
-			return nil, fmt.Errorf("finding iptables-%s: %w", backend, errNoBackend)
+			return nil, fmt.Errorf("finding %s-%s: %w", cmd, backend, errNoBackend)
 		}
-		if path, err = exec.LookPath("iptables"); err != nil {
-			return nil, fmt.Errorf("finding iptables: %w", errNoBackend)
+		if path, err = exec.LookPath(cmd); err != nil {
+			return nil, fmt.Errorf("finding %s: %w", cmd, errNoBackend)
 		}
 	}
-	ipt, err := iptables.New(iptables.Path(path), iptables.Timeout(waitSeconds))
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Path(path), iptables.Timeout(waitSeconds))
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
-	return iptablesCmd{IPTables: ipt, path: path, legacy: backend == BackendLegacy}, nil
+	return iptablesCmd{IPTables: ipt, path: path, legacy: backend == BackendLegacy, v6: v6}, nil
+}
+
+// ipv6Usable says why IPv6 cannot carry the endpoint on link, or nil: the
+// kernel has no IPv6, or it is disabled for all links or for this one.
+// These are this network namespace's settings (/proc/sys/net follows the
+// reader's namespace).
+func ipv6Usable(link string) error {
+	for _, name := range []string{"all", link} {
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6")
+		switch {
+		case errors.Is(err, os.ErrNotExist) && name == "all":
+			return errors.New("the kernel has no IPv6 (no /proc/sys/net/ipv6)")
+		case errors.Is(err, os.ErrNotExist):
+			continue // the link does not exist yet; "all" decided
+		case err != nil:
+			return fmt.Errorf("reading the IPv6 setting of %s: %w", name, err)
+		case strings.TrimSpace(string(b)) != "0":
+			return fmt.Errorf("IPv6 is disabled (net.ipv6.conf.%s.disable_ipv6=%s)", name, strings.TrimSpace(string(b)))
+		}
+	}
+	return nil
 }
 
 // iptablesMode returns the backend that plain `iptables` (the distribution's

@@ -225,9 +225,95 @@ func ensureAddr(links linksAPI, lp linkPlan, p netip.Prefix, j *journal) ([]stri
 	return append(changes, "address "+p.String()+" on "+lp.name), nil
 }
 
+// ensureAddr6 adds the IPv6 endpoint p to the link of lp (already made
+// present by ensureAddr) with nodad, unless it is there. IPv6 addresses carry
+// no label; ours is recognised as exactly p with the nodad flag on the link
+// that carries our IPv4 address (see delOwnedAddrs6).
+func ensureAddr6(links linksAPI, lp linkPlan, p netip.Prefix, j *journal) ([]string, error) {
+	l, err := links.LinkByName(lp.name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up link %s: %w", lp.name, err)
+	}
+	a, err := findAddr(links, l, p)
+	if err != nil || a != nil {
+		return nil, err
+	}
+	// nodad: without it the address stays "tentative" for a while on a
+	// dummy link (and on a link with optimistic DAD) and cannot be bound.
+	err = links.AddrAdd(l, &netlink.Addr{IPNet: ipNet(p), Flags: unix.IFA_F_NODAD})
+	if errors.Is(err, unix.EEXIST) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("adding address %s to %s: %w", p, lp.name, err)
+	}
+	j.add(func() error { return delAddr6(links, lp.name, p) })
+	return []string{"address " + p.String() + " on " + lp.name}, nil
+}
+
+// isOurAddr6 reports whether a is the IPv6 endpoint as imds-shim adds it.
+func isOurAddr6(a netlink.Addr, p netip.Prefix) bool {
+	return prefixOf(a) == p && a.Flags&unix.IFA_F_NODAD != 0
+}
+
+// delAddr6 removes the IPv6 endpoint p from the link named name if it
+// carries the nodad flag imds-shim adds it with.
+func delAddr6(links linksAPI, name string, p netip.Prefix) error {
+	l, err := links.LinkByName(name)
+	if errors.Is(err, errLinkNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("looking up link %s: %w", name, err)
+	}
+	_, err = delOwnedAddrs6(links, l, p)
+	return err
+}
+
+// delOwnedAddrs6 removes the IPv6 endpoint p from l if it is ours
+// (isOurAddr6). The caller decides that l is a link imds-shim uses: our
+// dummy, or a link carrying our labelled IPv4 address.
+func delOwnedAddrs6(links linksAPI, l netlink.Link, p netip.Prefix) ([]string, error) {
+	addrs, err := links.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if isOurAddr6(a, p) {
+			if err := delOne(links, l, &a); err != nil {
+				return nil, err
+			}
+			return []string{"address " + p.String() + " on " + l.Attrs().Name}, nil
+		}
+	}
+	return nil, nil
+}
+
+// hasOwnedAddr reports whether l carries an IPv4 address with our label.
+func hasOwnedAddr(links linksAPI, l netlink.Link) (bool, error) {
+	addrs, err := links.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return false, fmt.Errorf("listing addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if a.Label == label(l.Attrs().Name) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// family is the netlink address family of p.
+func family(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
 // findAddr returns the address p on l, or nil.
 func findAddr(links linksAPI, l netlink.Link, p netip.Prefix) (*netlink.Addr, error) {
-	addrs, err := links.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := links.AddrList(l, family(p))
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses of %s: %w", l.Attrs().Name, err)
 	}

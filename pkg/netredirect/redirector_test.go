@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,8 +53,48 @@ func diffState(t *testing.T, what, want, got string) {
 
 const (
 	dnatDefault = "-d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination 127.0.0.1:8254"
-	fwdDefault  = "-d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j ACCEPT"
+	fenceLo     = "-i lo -m comment --comment imds-shim -j RETURN"
+	fenceDrop   = "-d 169.254.169.254/32 -m comment --comment imds-shim -j DROP"
 )
+
+// fakeRules is what the fake lists for the plan of a host-only redirect of
+// port to target, IPv4 and IPv6.
+func fakeRules(port, target string) (v4, v6 string) {
+	v4 = `*filter
+-N IMDS-SHIM-INPUT
+-A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+-A IMDS-SHIM-INPUT ` + fenceLo + `
+-A IMDS-SHIM-INPUT ` + fenceDrop + `
+*nat
+-N IMDS-SHIM-OUTPUT
+-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
+-A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport ` + port + ` -m comment --comment imds-shim -j DNAT --to-destination ` + target + `
+`
+	tport := target[strings.LastIndex(target, ":")+1:]
+	v6 = `*filter
+-N IMDS-SHIM-INPUT
+-A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+-A IMDS-SHIM-INPUT ` + fenceLo + `
+-A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -m comment --comment imds-shim -j DROP
+*nat
+-N IMDS-SHIM-OUTPUT
+-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
+-A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport ` + port + ` -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:` + tport + `
+`
+	return v4, v6
+}
+
+var defV4, defV6 = fakeRules("80", "127.0.0.1:8254")
+
+// arpBlock is what the fake arptables-nft holds after Setup.
+const arpBlock = `# nft arp
+*filter
+-N IMDS-SHIM-ARP
+-A INPUT -j IMDS-SHIM-ARP
+-A IMDS-SHIM-ARP -j DROP -d 169.254.169.254 --opcode 1
+`
+
+var altV4, altV6 = fakeRules("8080", "127.0.0.1:9000")
 
 func TestSetupStates(t *testing.T) {
 	for _, tc := range []struct {
@@ -61,6 +102,7 @@ func TestSetupStates(t *testing.T) {
 		dummy    bool
 		backends []string
 		alt      string
+		ipv6     error
 		cfg      Config
 		want     string
 	}{{
@@ -70,16 +112,10 @@ func TestSetupStates(t *testing.T) {
   inet 127.0.0.1/8 scope 0 label lo
 link imds0 type dummy alias "imds-shim" up
   inet 169.254.169.254/32 scope 254 label imds0:imds
+  inet6 fd00:ec2::254/128 flags 0x2
 # nft
-*filter
--N IMDS-SHIM-FORWARD
--A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD
--A IMDS-SHIM-FORWARD ` + fwdDefault + `
-*nat
--N IMDS-SHIM-OUTPUT
--A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
--A IMDS-SHIM-OUTPUT ` + dnatDefault + `
-# legacy
+` + defV4 + `# nft ip6
+` + defV6 + arpBlock + `# legacy
 `,
 	}, {
 		name:  "auto link without dummy driver falls back to lo; alternative says legacy",
@@ -88,17 +124,11 @@ link imds0 type dummy alias "imds-shim" up
 		want: `link lo type device alias "" up
   inet 127.0.0.1/8 scope 0 label lo
   inet 169.254.169.254/32 scope 254 label lo:imds
+  inet6 fd00:ec2::254/128 flags 0x2
 # nft
-# legacy
-*filter
--N IMDS-SHIM-FORWARD
--A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD
--A IMDS-SHIM-FORWARD -d 169.254.169.254/32 -p tcp -m tcp --dport 8080 -m comment --comment imds-shim -j ACCEPT
-*nat
--N IMDS-SHIM-OUTPUT
--A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
--A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 8080 -m comment --comment imds-shim -j DNAT --to-destination 127.0.0.1:9000
-`,
+` + arpBlock + `# legacy
+` + altV4 + `# legacy ip6
+` + altV6,
 	}, {
 		name:  "explicit lo and nft, only nft installed",
 		dummy: true, backends: []string{BackendNFT},
@@ -106,31 +136,102 @@ link imds0 type dummy alias "imds-shim" up
 		want: `link lo type device alias "" up
   inet 127.0.0.1/8 scope 0 label lo
   inet 169.254.169.254/32 scope 254 label lo:imds
+  inet6 fd00:ec2::254/128 flags 0x2
+# nft
+` + defV4 + `# nft ip6
+` + defV6 + arpBlock,
+	}, {
+		name:  "ipv6 auto on a host without IPv6: IPv4 only, no error",
+		dummy: false, backends: []string{BackendNFT}, ipv6: errors.New("no IPv6"),
+		cfg: Config{Link: LinkLo},
+		want: `link lo type device alias "" up
+  inet 127.0.0.1/8 scope 0 label lo
+  inet 169.254.169.254/32 scope 254 label lo:imds
+# nft
+` + defV4 + arpBlock,
+	}, {
+		name:  "ipv6 false",
+		dummy: false, backends: []string{BackendNFT},
+		cfg: Config{Link: LinkLo, IPv6: IPv6False},
+		want: `link lo type device alias "" up
+  inet 127.0.0.1/8 scope 0 label lo
+  inet 169.254.169.254/32 scope 254 label lo:imds
+# nft
+` + defV4 + arpBlock,
+	}, {
+		name:  "containers: PREROUTING per bridge, fence accepts them to the listener",
+		dummy: false, backends: []string{BackendNFT},
+		cfg: Config{Link: LinkLo, Containers: []string{"docker0", "podman0"}, Target: netip.MustParseAddrPort("169.254.169.254:254")},
+		want: `link lo type device alias "" up
+  inet 127.0.0.1/8 scope 0 label lo
+  inet 169.254.169.254/32 scope 254 label lo:imds
+  inet6 fd00:ec2::254/128 flags 0x2
 # nft
 *filter
--N IMDS-SHIM-FORWARD
--A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD
--A IMDS-SHIM-FORWARD ` + fwdDefault + `
+-N IMDS-SHIM-INPUT
+-A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+-A IMDS-SHIM-INPUT ` + fenceLo + `
+-A IMDS-SHIM-INPUT -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 254 -m comment --comment imds-shim -j ACCEPT
+-A IMDS-SHIM-INPUT -d 169.254.169.254/32 -i podman0 -p tcp -m tcp --dport 254 -m comment --comment imds-shim -j ACCEPT
+-A IMDS-SHIM-INPUT ` + fenceDrop + `
 *nat
 -N IMDS-SHIM-OUTPUT
+-N IMDS-SHIM-PREROUTING
+-A PREROUTING -m comment --comment imds-shim -j IMDS-SHIM-PREROUTING
 -A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
--A IMDS-SHIM-OUTPUT ` + dnatDefault + `
-`,
+-A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination 169.254.169.254:254
+-A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination 169.254.169.254:254
+-A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i podman0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination 169.254.169.254:254
+# nft ip6
+*filter
+-N IMDS-SHIM-INPUT
+-A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+-A IMDS-SHIM-INPUT ` + fenceLo + `
+-A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -i docker0 -p tcp -m tcp --dport 254 -m comment --comment imds-shim -j ACCEPT
+-A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -i podman0 -p tcp -m tcp --dport 254 -m comment --comment imds-shim -j ACCEPT
+-A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -m comment --comment imds-shim -j DROP
+*nat
+-N IMDS-SHIM-OUTPUT
+-N IMDS-SHIM-PREROUTING
+-A PREROUTING -m comment --comment imds-shim -j IMDS-SHIM-PREROUTING
+-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
+-A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
+-A IMDS-SHIM-PREROUTING -d fd00:ec2::254/128 -i docker0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
+-A IMDS-SHIM-PREROUTING -d fd00:ec2::254/128 -i podman0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:254
+` + arpBlock,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newFakeHost(tc.dummy, tc.backends...)
 			if tc.alt != "" {
 				h.alternative = tc.alt
 			}
+			h.ipv6 = tc.ipv6
 			r := newTestRedirector(t, h, tc.cfg, nil)
 			if err := r.Setup(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 			diffState(t, "after Setup", tc.want, h.String())
-			if err := r.Setup(t.Context()); err != nil {
-				t.Fatal(err)
+			if len(r.changes) == 0 {
+				t.Error("the first Setup recorded no changes")
 			}
-			diffState(t, "after a second Setup", tc.want, h.String())
+			// A second Setup, by this Redirector and by a fresh one (a
+			// restart), must find everything in place and change nothing.
+			for _, again := range []*Redirector{r, newTestRedirector(t, h, tc.cfg, nil)} {
+				if err := again.Setup(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				if len(again.changes) != 0 {
+					t.Errorf("a second Setup changed %q", again.changes)
+				}
+				diffState(t, "after a second Setup", tc.want, h.String())
+			}
+			wantV6 := tc.ipv6 == nil && tc.cfg.IPv6 != IPv6False
+			if got := r.IPv6Active(); got != wantV6 {
+				t.Errorf("IPv6Active = %t, want %t", got, wantV6)
+			}
+			if got, want := r.Listeners(), r.Config().Listeners(wantV6); !slices.Equal(got, want) || len(got) != map[bool]int{false: 1, true: 2}[wantV6] {
+				t.Errorf("Listeners = %v, want %v", got, want)
+			}
 		})
 	}
 }
@@ -205,7 +306,7 @@ func TestSetupFailureKeepsWhatItFound(t *testing.T) {
 		if err := newTestRedirector(t, h, Config{Link: LinkLo}, nil).Setup(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		if err := h.ipt[BackendNFT].Delete("filter", "FORWARD", "-m", "comment", "--comment", Comment, "-j", filterChain); err != nil {
+		if err := h.ipt[BackendNFT].Delete("filter", "INPUT", "-m", "comment", "--comment", Comment, "-j", fenceChain); err != nil {
 			t.Fatal(err)
 		}
 		return h
@@ -332,7 +433,7 @@ func TestCleanupContinuesPastErrors(t *testing.T) {
 	if err := newTestRedirector(t, h, Config{Backend: BackendNFT}, nil).Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	// Call 1 asks whether nft's filter table is present, call 2 lists it.
+	// Call 1 asks whether nft's ip6 filter table is present, call 2 lists it.
 	h.faults.failAt = h.faults.calls + 2
 	err := cleanup(t.Context(), testLogger(t), h.system())
 	if !errors.Is(err, errInjected) {
@@ -341,11 +442,8 @@ func TestCleanupContinuesPastErrors(t *testing.T) {
 	want := `link lo type device alias "" up
   inet 127.0.0.1/8 scope 0 label lo
 # nft
-*filter
--N IMDS-SHIM-FORWARD
--A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD
--A IMDS-SHIM-FORWARD ` + fwdDefault + `
-# legacy
+# nft ip6
+` + defV6[:strings.Index(defV6, "*nat")] + `# legacy
 `
 	diffState(t, "after a Cleanup that could not list nft/filter", want, h.String())
 	if err := cleanup(t.Context(), testLogger(t), h.system()); err != nil {
@@ -535,6 +633,19 @@ func TestRunRepairs(t *testing.T) {
 	var runErr error
 	wg.Go(func() { runErr = r.Run(ctx) })
 
+	// Steady state: several ticks on an intact host repair nothing. Run
+	// takes a tick only after the reconcile of the previous one, so the
+	// last send returns once the others are done.
+	for range 6 {
+		h.tick <- time.Now()
+	}
+	select {
+	case w := <-obs.ch:
+		t.Fatalf("steady state: Run repaired %q on an intact host", w)
+	default:
+	}
+	diffState(t, "after ticks on an intact host", want, h.String())
+
 	// The address is repaired on the netlink event alone, with no tick.
 	h.links.delAddr("imds0", "169.254.169.254/32")
 	waitRepairs(t, obs, "address 169.254.169.254/32 on imds0")
@@ -558,14 +669,14 @@ func TestRunRepairs(t *testing.T) {
 
 	// A deleted chain (its jump first, as iptables requires).
 	nft := h.ipt[BackendNFT]
-	if err := nft.Delete("filter", "FORWARD", "-m", "comment", "--comment", Comment, "-j", filterChain); err != nil {
+	if err := nft.Delete("filter", "INPUT", "-m", "comment", "--comment", Comment, "-j", fenceChain); err != nil {
 		t.Fatal(err)
 	}
-	if err := nft.ClearAndDeleteChain("filter", filterChain); err != nil {
+	if err := nft.ClearAndDeleteChain("filter", fenceChain); err != nil {
 		t.Fatal(err)
 	}
 	h.tick <- time.Now()
-	waitRepairs(t, obs, "filter/FORWARD jump", "filter/"+filterChain+" chain", "filter/"+filterChain+" rules")
+	waitRepairs(t, obs, "filter/INPUT jump", "filter/"+fenceChain+" chain", "filter/"+fenceChain+" rules")
 	diffState(t, "after the repairs", want, h.String())
 
 	cancel()
@@ -627,7 +738,7 @@ func TestStatus(t *testing.T) {
 	}
 	h.ipt[BackendNFT].add("nat", "OUTPUT", "-j", natChain)
 	h.ipt[BackendLegacy].add("nat", natChain)
-	h.ipt[BackendNFT].flush("filter", filterChain)
+	h.ipt[BackendNFT].flush("filter", fenceChain)
 	st, err = fresh.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -635,10 +746,21 @@ func TestStatus(t *testing.T) {
 	want := `backend: iptables-nft
 ok      link lo
 ok      address 169.254.169.254/32 on lo
+ok      address fd00:ec2::254/128 on lo
+containers: none (host processes only)
+listeners: 127.0.0.1:8254, [fd00:ec2::254]:8254
 ok      nat: -A IMDS-SHIM-OUTPUT ` + dnatDefault + `
 ok      nat: -A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
-MISSING filter: -A IMDS-SHIM-FORWARD ` + fwdDefault + `
-ok      filter: -A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD
+MISSING filter: -A IMDS-SHIM-INPUT ` + fenceLo + `
+MISSING filter: -A IMDS-SHIM-INPUT ` + fenceDrop + `
+ok      filter: -A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+ok      ip6 nat: -A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination [fd00:ec2::254]:8254
+ok      ip6 nat: -A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT
+ok      ip6 filter: -A IMDS-SHIM-INPUT ` + fenceLo + `
+ok      ip6 filter: -A IMDS-SHIM-INPUT -d fd00:ec2::254/128 -m comment --comment imds-shim -j DROP
+ok      ip6 filter: -A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT
+ok      arp filter: -A IMDS-SHIM-ARP -j DROP -d 169.254.169.254 --opcode 1
+ok      arp filter: -A INPUT -j IMDS-SHIM-ARP
 STALE   nat: -A OUTPUT -j IMDS-SHIM-OUTPUT
 LEFTOVER legacy nat: -N IMDS-SHIM-OUTPUT
 `
@@ -654,4 +776,44 @@ func mustLink(t *testing.T, h *fakeHost, name string) netlink.Link {
 		t.Fatal(err)
 	}
 	return l
+}
+
+func TestIPv6TrueWithoutIPv6FailsAndChangesNothing(t *testing.T) {
+	h := withCanaries(newFakeHost(true, BackendNFT))
+	h.ipv6 = errors.New("IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1)")
+	before := h.String()
+	err := newTestRedirector(t, h, Config{IPv6: IPv6True}, nil).Setup(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "disable_ipv6") {
+		t.Fatalf("Setup = %v, want an error saying IPv6 is disabled", err)
+	}
+	diffState(t, "after the refused Setup", before, h.String())
+}
+
+func TestContainersSetupTeardown(t *testing.T) {
+	h := withCanaries(newFakeHost(true, BackendNFT, BackendLegacy))
+	// An older version's FORWARD chain is a stale chain of ours.
+	h.ipt[BackendNFT].add("filter", oldFilterChain, "-d", "169.254.169.254/32", "-p", "tcp", "-m", "tcp", "--dport", "80", "-m", "comment", "--comment", Comment, "-j", "ACCEPT")
+	h.ipt[BackendNFT].add("filter", "FORWARD", "-m", "comment", "--comment", Comment, "-j", oldFilterChain)
+	cfg := Config{Containers: []string{"docker0"}, Target: netip.MustParseAddrPort("169.254.169.254:254")}
+	r := newTestRedirector(t, h, cfg, nil)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.String(); strings.Contains(got, oldFilterChain) || !strings.Contains(got, "-A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i docker0") {
+		t.Errorf("after Setup:\n%s", got)
+	}
+	st, err := r.Status(t.Context())
+	if err != nil || !st.OK() || !st.ARP || !slices.Equal(st.Containers, []string{"docker0"}) {
+		t.Errorf("Status (err %v):\n%s", err, st)
+	}
+	if !strings.Contains(st.String(), "ok      nat: -A IMDS-SHIM-PREROUTING -d 169.254.169.254/32 -i docker0") ||
+		!strings.Contains(st.String(), "ok      filter: -A IMDS-SHIM-INPUT -d 169.254.169.254/32 -i docker0 -p tcp -m tcp --dport 254") {
+		t.Errorf("status does not show the bridge rules and the fence:\n%s", st)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.String(); strings.Contains(got, ChainPrefix) || strings.Contains(got, "fd00:ec2::254") || strings.Contains(got, "imds0") {
+		t.Errorf("after Teardown:\n%s", got)
+	}
 }

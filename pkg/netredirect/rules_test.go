@@ -1,6 +1,7 @@
 package netredirect
 
 import (
+	"errors"
 	"flag"
 	"net/netip"
 	"os"
@@ -25,6 +26,9 @@ func TestRenderGolden(t *testing.T) {
 		{"existing-link-nft", Config{Link: "br0", Backend: BackendNFT, Addr: netip.MustParseAddr("169.254.170.2"),
 			Target: netip.MustParseAddrPort("127.0.0.1:51679")}},
 		{"dummy-named", Config{Link: LinkDummy, DummyName: "meta0"}},
+		{"containers", Config{Containers: []string{"docker0", "podman0"}, Target: netip.MustParseAddrPort("169.254.169.254:254")}},
+		{"containers-host-target-no-ipv6", Config{Containers: []string{"docker0"}, IPv6: IPv6False,
+			Target: netip.MustParseAddrPort("10.1.2.3:8254")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.cfg.Validate(); err != nil {
@@ -48,21 +52,55 @@ func TestRenderGolden(t *testing.T) {
 	}
 }
 
-func TestPlanIsWhatIptablesPrints(t *testing.T) {
-	// The rulespecs must be byte-identical to `iptables -S` output, or Setup
-	// would never see them as installed and would churn every reconcile.
-	got := []string{}
-	for _, r := range Plan(Config{}) {
-		got = append(got, r.String())
+// TestFakeCanonicalises checks that the fake stores a rule as iptables
+// prints it, so a non-canonical spec in the plan shows up in unit tests as
+// churn (a rule that never looks installed) instead of only on a real host.
+// TestKernelPlanIsWhatIptablesPrints holds the plan to real iptables.
+func TestFakeCanonicalises(t *testing.T) {
+	for _, tc := range []struct {
+		v6         bool
+		spec, want string
+	}{
+		{false, "-p tcp --dport 80 -d 169.254.169.254 -i br0 -m comment --comment imds-shim -j DNAT --to-destination 10.0.0.1:80",
+			"-d 169.254.169.254/32 -i br0 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination 10.0.0.1:80"},
+		{true, "-d fd00:ec2:0::254 -m comment --comment x -j DROP", "-d fd00:ec2::254/128 -m comment --comment x -j DROP"},
+		{false, "-s 10.1.2.3/8 -j ACCEPT", "-s 10.0.0.0/8 -j ACCEPT"},
+	} {
+		x := newFakeIPTables(false, tc.v6, nil)
+		words, _ := splitArgs(tc.spec)
+		if err := x.Append("nat", "OUTPUT", words...); err != nil {
+			t.Fatal(err)
+		}
+		lines, _ := x.ListTable("nat")
+		if got := lines[len(lines)-1]; got != "-A OUTPUT "+tc.want {
+			t.Errorf("fake lists %q as %q, want %q", tc.spec, got, "-A OUTPUT "+tc.want)
+		}
 	}
-	want := []string{
-		"-A IMDS-SHIM-OUTPUT " + dnatDefault,
-		"-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT",
-		"-A IMDS-SHIM-FORWARD " + fwdDefault,
-		"-A FORWARD -m comment --comment imds-shim -j IMDS-SHIM-FORWARD",
+	if err := newFakeIPTables(false, false, nil).Append("nat", "OUTPUT", "--frobnicate", "-j", "ACCEPT"); err == nil {
+		t.Error("the fake accepted an option it cannot canonicalise")
 	}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("Plan (-want +got):\n%s", d)
+}
+
+// TestSteadyStateOnFake: every Plan variant, installed in the fake, is
+// found in place by a second Setup. A plan spec that iptables would print
+// differently fails here.
+func TestSteadyStateOnFake(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{Containers: []string{"docker0", "br-1234abcd"}, Target: netip.MustParseAddrPort("169.254.169.254:254")},
+		{Containers: []string{"docker0"}, Target: netip.MustParseAddrPort("10.1.2.3:8254"), IPv6: IPv6True},
+	} {
+		h := newFakeHost(false, BackendNFT)
+		if err := newTestRedirector(t, h, cfg, nil).Setup(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		r := newTestRedirector(t, h, cfg, nil)
+		if err := r.Setup(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if len(r.changes) != 0 {
+			t.Errorf("%+v: a second Setup changed %q", cfg, r.changes)
+		}
 	}
 }
 
@@ -135,6 +173,11 @@ func TestValidate(t *testing.T) {
 		{Config{DummyName: "a:b"}, []string{"dummy name:"}},
 		{Config{ReconcileInterval: -time.Second}, []string{"reconcile interval: -1s is negative"}},
 		{Config{Backend: "x", Link: "a b", ReconcileInterval: -1}, []string{"backend:", "link:", "reconcile interval:"}},
+		{Config{IPv6: "yes"}, []string{`ipv6: "yes" must be auto, true or false`}},
+		{Config{Target: netip.MustParseAddrPort("127.0.0.1:80")}, []string{"ipv6: the IPv6 redirect would send [fd00:ec2::254]:80 to itself"}},
+		{Config{Containers: []string{"docker0", "lo", "docker0", "a/b", "averyveryverylongname"}, Target: netip.MustParseAddrPort("169.254.169.254:254")},
+			[]string{"containers[1]: lo is not a bridge", `containers[2]: "docker0" is listed twice`, "containers[3]:", "containers[4]:"}},
+		{Config{Containers: []string{"docker0"}}, []string{"target: 127.0.0.1:8254: containers cannot reach a loopback target"}},
 	} {
 		err := tc.cfg.Validate()
 		if err == nil {
@@ -148,6 +191,18 @@ func TestValidate(t *testing.T) {
 		}
 		if _, nerr := New(tc.cfg, Options{}); nerr == nil {
 			t.Errorf("New accepted %+v", tc.cfg)
+		}
+	}
+	// The integrator maps this one to the YAML key imds.listen.
+	if err := (Config{Containers: []string{"docker0"}}).Validate(); !errors.Is(err, ErrLoopbackTarget) {
+		t.Errorf("Validate with containers and a loopback target = %v, want ErrLoopbackTarget", err)
+	}
+	for _, ok := range []Config{
+		{Containers: []string{"docker0"}, Target: netip.MustParseAddrPort("169.254.169.254:254")},
+		{Target: netip.MustParseAddrPort("127.0.0.1:80"), IPv6: IPv6False},
+	} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate(%+v) = %v", ok, err)
 		}
 	}
 }

@@ -1,0 +1,109 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// Warnings lists settings that are valid but weaken the service; check
+// prints them and serve logs them.
+func (c *Config) Warnings() []Problem {
+	var w []Problem
+	if l := c.IMDS.Listen; l.IsValid() && l.Port() >= 1024 {
+		msg := fmt.Sprintf("port %d is unprivileged: any local user could bind %s before imds-shim and answer its clients", l.Port(), l)
+		if c.IMDS.AllowUnprivilegedPort {
+			msg += " (allowed by imds.allow_unprivileged_port)"
+		} else {
+			msg += "; use a port below 1024, or set imds.allow_unprivileged_port: true (serve refuses it otherwise)"
+		}
+		w = append(w, Problem{"imds.listen", msg})
+	}
+	if c.IMDS.AllowRemote {
+		for _, l := range []struct {
+			key string
+			ap  netip.AddrPort
+		}{{"imds.listen", c.IMDS.Listen}, {"metrics.listen", c.Metrics.Listen}} {
+			if l.ap.IsValid() && !localOnly(l.ap.Addr()) {
+				w = append(w, Problem{l.key, "reachable by " + c.Reach(l.ap) + " (imds.allow_remote)"})
+			}
+		}
+	}
+	return w
+}
+
+// Reach says who can connect to a listener on ap.
+func (c *Config) Reach(ap netip.AddrPort) string {
+	a := ap.Addr().Unmap()
+	switch {
+	case a.IsLoopback():
+		return "processes on this host only (loopback)"
+	case localOnly(a):
+		who := "processes on this host"
+		if len(c.Network.Containers) > 0 {
+			who += " and containers on " + strings.Join(c.Network.Containers, ", ")
+		}
+		return who + "; nothing off the host (the address has scope host and imds-shim's rules fence it)"
+	case a.IsUnspecified():
+		return "any host that can route to this one, on every interface"
+	default:
+		return "any host that can route to " + a.String()
+	}
+}
+
+// SecretFiles are the files that hold source credentials or say how to
+// get them, by key: the config file itself is checked by FileWarnings too.
+func (c *Config) SecretFiles() []Problem {
+	files := []Problem{
+		{"credentials_file", c.CredentialsFile},
+		{"config_file", c.ConfigFile},
+		{"web_identity_token_file", c.WebIdentityTokenFile},
+	}
+	if c.RolesAnywhere != nil {
+		files = append(files, Problem{"roles_anywhere.private_key", c.RolesAnywhere.PrivateKey})
+	}
+	return files
+}
+
+// FileWarnings names every file among the configuration file at cfgPath and
+// the source-credential files that other users can read or write, or that
+// is not owned by root. Files that do not exist are left to other checks.
+func (c *Config) FileWarnings(cfgPath string) []string {
+	var out []string
+	for _, f := range append([]Problem{{"config file", cfgPath}}, c.SecretFiles()...) {
+		if f.Msg == "" {
+			continue
+		}
+		if w := fileWarning(f.Msg); w != "" {
+			out = append(out, fmt.Sprintf("%s %s: %s", f.Key, f.Msg, w))
+		}
+	}
+	return out
+}
+
+// fileWarning describes what is wrong with the mode or owner of path.
+func fileWarning(path string) string {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) || err != nil {
+		return ""
+	}
+	var probs []string
+	mode := st.Mode().Perm()
+	if mode&0o044 != 0 {
+		probs = append(probs, "readable by other users")
+	}
+	if mode&0o022 != 0 {
+		probs = append(probs, "writable by other users")
+	}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok && s.Uid != 0 {
+		probs = append(probs, fmt.Sprintf("owned by uid %d, not root", s.Uid))
+	}
+	if len(probs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("mode %04o, %s; run chown root: and chmod 600", mode, strings.Join(probs, ", "))
+}
