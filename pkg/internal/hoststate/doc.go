@@ -1,8 +1,8 @@
 // Package hoststate takes a snapshot of what imds-shim may change in a
 // network namespace, as facts read from the kernel, and compares two
 // snapshots: links, addresses, iptables rules and chains of both backends
-// (iptables-nft and iptables-legacy, IPv4 and IPv6) and the sysctls a
-// redirect could touch.
+// (iptables-nft and iptables-legacy, IPv4 and IPv6; arptables-nft and
+// ebtables-nft) and the sysctls a redirect could touch.
 //
 // It is the one state comparison of the project: the Go tests, the booted
 // systemd end-to-end test (test/e2e), the stock-kernel suite
@@ -19,6 +19,7 @@
 //     out: it is new each time the link is created. Link-local addresses of
 //     every other link are compared as they are;
 //   - iptables rules as iptables-save prints them (no counters), user chains,
+//     likewise arptables-nft's and ebtables-nft's where they are installed,
 //     and built-in chains only where their policy is not ACCEPT: iptables-nft
 //     leaves a table once used registered with empty built-in chains, which
 //     are no trace of anyone's rules;

@@ -27,11 +27,20 @@ type Options struct {
 }
 
 // savers are the iptables-save programs, one per backend and family.
-var savers = []struct{ backend, family, cmd string }{
-	{"nft", "ipv4", "iptables-nft-save"},
-	{"nft", "ipv6", "ip6tables-nft-save"},
-	{"legacy", "ipv4", "iptables-legacy-save"},
-	{"legacy", "ipv6", "ip6tables-legacy-save"},
+// arptables and ebtables are read for nft only (Debian's iptables package
+// ships arptables-nft and ebtables-nft; the legacy ones are other packages);
+// where they are missing nothing could have installed rules with them, so
+// they are optional.
+var savers = []struct {
+	backend, family, cmd string
+	optional             bool
+}{
+	{"nft", "ipv4", "iptables-nft-save", false},
+	{"nft", "ipv6", "ip6tables-nft-save", false},
+	{"nft", "arp", "arptables-nft-save", true},
+	{"nft", "bridge", "ebtables-nft-save", true},
+	{"legacy", "ipv4", "iptables-legacy-save", false},
+	{"legacy", "ipv6", "ip6tables-legacy-save", false},
 }
 
 // Take reads the current network namespace's state.
@@ -42,6 +51,9 @@ func Take(opts Options) (*Snapshot, error) {
 		errs = append(errs, err)
 	}
 	for _, sv := range savers {
+		if _, err := exec.LookPath(sv.cmd); err != nil && sv.optional {
+			continue
+		}
 		if err := s.readIptables(sv.backend, sv.family, sv.cmd); err != nil {
 			errs = append(errs, err)
 		}
