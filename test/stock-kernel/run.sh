@@ -73,7 +73,7 @@ cp -r "$ROOT/pkg/netredirect/testdata" "$X/netredirect/"
 ln -s /xfer/netredirect.test "$X/netredirect/netredirect.test" 2>/dev/null || true
 cp "${debs[0]}" "$X/pkg.deb"
 cp "$HERE/guest-init.sh" "$HERE/e2e-guest.sh" "$HERE/stock-e2e.service" "$X/"
-echo "stock-kernel: binaries built in $(( $(date +%s) - T0 ))s; image $IMG (kernel $(cat "$IMG/kernel-version"))"
+echo "stock-kernel: image and test binaries ready in $(( $(date +%s) - T0 ))s; image $IMG (kernel $(cat "$IMG/kernel-version"))"
 
 # -------------------------------------------------------------------- moto
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
