@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/imds-shim/imds-shim/pkg/daemon"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // metrics implements the observers of pkg/imds, pkg/credentials and
@@ -17,7 +16,6 @@ import (
 type metrics struct {
 	reg         *prometheus.Registry
 	requests    *prometheus.CounterVec
-	byClass     map[string]*[600]atomic.Pointer[prometheus.Counter]
 	tokens      prometheus.Counter
 	unavailable prometheus.Counter
 	attempts    prometheus.Counter
@@ -29,17 +27,11 @@ type metrics struct {
 	engine      atomic.Pointer[daemon.CredentialEngine]
 }
 
-// requestClasses are the path classes pkg/imds reports.
-var requestClasses = []string{"token", "credentials", "metadata", "dynamic", "userdata", "other"}
-
 func newMetrics(version string) *metrics {
-	m := &metrics{reg: prometheus.NewRegistry(), byClass: map[string]*[600]atomic.Pointer[prometheus.Counter]{}}
+	m := &metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "imds_shim_requests_total", Help: "Metadata requests by path class and HTTP status.",
 	}, []string{"class", "code"})
-	for _, c := range requestClasses {
-		m.byClass[c] = new([600]atomic.Pointer[prometheus.Counter])
-	}
 	m.tokens = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "imds_shim_tokens_issued_total", Help: "IMDSv2 session tokens issued.",
 	})
@@ -66,10 +58,9 @@ func newMetrics(version string) *metrics {
 	m.connsClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "imds_shim_connections_closed_total",
 		Help: "Metadata connections closed, by reason: ended (by the client or its request), " +
-			"header_timeout, idle_timeout, active_timeout (the server's limits), shutdown.",
+			"header_timeout, idle_timeout, write_timeout (the server's limits), shutdown.",
 	}, []string{"reason"})
-	for _, r := range []string{httpserver.ClosedEnded, httpserver.ClosedHeaderTimeout, httpserver.ClosedIdleTimeout,
-		httpserver.ClosedActiveTimeout, httpserver.ClosedShutdown} {
+	for _, r := range daemon.ClosedReasons {
 		m.connsClosed.WithLabelValues(r)
 	}
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -87,30 +78,18 @@ func newMetrics(version string) *metrics {
 	return m
 }
 
-// ConnectionOpened implements httpserver.Observer.
+// ConnectionOpened implements daemon.ConnObserver.
 func (m *metrics) ConnectionOpened() { m.conns.Inc() }
 
-// ConnectionClosed implements httpserver.Observer.
+// ConnectionClosed implements daemon.ConnObserver.
 func (m *metrics) ConnectionClosed(reason string) {
 	m.conns.Dec()
 	m.connsClosed.WithLabelValues(reason).Inc()
 }
 
-// Request implements imds.Observer. It runs on every request, so the
-// counter for a class and status is resolved once and then read lock-free.
+// Request implements imds.Observer.
 func (m *metrics) Request(class string, status int) {
-	arr, ok := m.byClass[class]
-	if !ok || status < 0 || status >= len(arr) {
-		m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
-		return
-	}
-	if c := arr[status].Load(); c != nil {
-		(*c).Inc()
-		return
-	}
-	c := m.requests.WithLabelValues(class, strconv.Itoa(status))
-	arr[status].Store(&c)
-	c.Inc()
+	m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
 }
 
 // TokenIssued implements imds.Observer.

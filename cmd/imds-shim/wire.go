@@ -246,13 +246,14 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 		Listen: func(addr string, hop int) (net.Listener, error) {
 			return imds.Listen("tcp", addr, hop)
 		},
-		MetricsHandler: promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}),
-		OnCredentials:  m.setEngine,
-		Notifier:       daemon.SystemdNotifier{},
-		Watchdog:       daemon.WatchdogInterval(),
-		Endpoint:       daemon.EndpointAddr,
-		ControlSocket:  filepath.Join(rtDir, "control.sock"),
-		Version:        version,
+		AllowUnprivilegedPort: func(c *config.Config) bool { return c.IMDS.AllowUnprivilegedPort },
+		MetricsHandler:        promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}),
+		OnCredentials:         m.setEngine,
+		Notifier:              daemon.SystemdNotifier{},
+		Watchdog:              daemon.WatchdogInterval(),
+		Endpoint:              daemon.EndpointAddr,
+		ControlSocket:         filepath.Join(rtDir, "control.sock"),
+		Version:               version,
 	}, nil
 }
 

@@ -13,7 +13,7 @@ import (
 )
 
 // startMetrics serves /metrics and /healthz on addr.
-func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, error) {
+func (d *daemon) startMetrics(ctx context.Context, addr string) (*HTTPServer, error) {
 	listen := d.deps.ListenMetrics
 	if listen == nil {
 		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
@@ -27,8 +27,7 @@ func (d *daemon) startMetrics(ctx context.Context, addr string) (*http.Server, e
 		mux.Handle("GET /metrics", d.deps.MetricsHandler)
 	}
 	mux.HandleFunc("GET /healthz", d.healthz)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	srv := NewHTTPServer(mux, AdminLimits, HTTPOptions{Log: d.log.With("component", "metrics"), BaseContext: context.WithoutCancel(ctx)})
 	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop or reload
 	return srv, nil
 }
@@ -52,17 +51,11 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "unhealthy: metadata listener does not answer: %s\n", oneLine(err))
 		return
 	}
-	// Clients come through the redirect: prove it reaches us (our
-	// handler answers as EC2ws) and not a stale rule or another host.
-	if ep := d.deps.Endpoint; ep != "" && d.managed() {
-		if server, err := probeAddr(context.Background(), ep); err != nil || server != "EC2ws" {
-			if err == nil {
-				err = fmt.Errorf("answered by %q, not imds-shim", server)
-			}
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "unhealthy: http://%s/ does not reach imds-shim: %s\n", ep, oneLine(err))
-			return
-		}
+	// Clients come through the redirect: prove it reaches this process.
+	if err := d.probeEndpoint(context.Background()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
+		return
 	}
 	fmt.Fprintln(w, "ok")
 }
@@ -124,7 +117,7 @@ func (d *daemon) status(ctx context.Context) Status {
 
 // startControl serves GET /status as JSON on the control socket, readable by
 // root only.
-func (d *daemon) startControl(ctx context.Context) (*http.Server, error) {
+func (d *daemon) startControl(ctx context.Context) (*HTTPServer, error) {
 	path := d.deps.ControlSocket
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
@@ -147,8 +140,7 @@ func (d *daemon) startControl(ctx context.Context) (*http.Server, error) {
 		enc.SetIndent("", "  ")
 		enc.Encode(d.status(r.Context())) //nolint:errcheck // the client went away
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
+	srv := NewHTTPServer(mux, AdminLimits, HTTPOptions{Log: d.log.With("component", "control"), BaseContext: context.WithoutCancel(ctx)})
 	go srv.Serve(ln) //nolint:errcheck // returns when closed on stop
 	return srv, nil
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/imds-shim/imds-shim/pkg/config"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
 )
 
 // Exit codes of `imds-shim serve`, documented in README.md and imds-shim(8).
@@ -104,8 +103,8 @@ type Deps struct {
 	// (half of systemd's WATCHDOG_USEC).
 	Watchdog time.Duration
 	// Endpoint is the address clients use when the network is managed
-	// (EndpointAddr); /healthz checks that a request to it reaches us.
-	// "" skips that check.
+	// (EndpointAddr); /healthz and the watchdog check that a request to it
+	// reaches this process. "" skips that check.
 	Endpoint string
 	// ControlSocket is the unix socket `imds-shim status` reads; "" for none.
 	ControlSocket string
@@ -113,10 +112,21 @@ type Deps struct {
 	Version string
 	// ConnObserver, when set, hears of every metadata connection opened
 	// and closed, and why (for metrics).
-	ConnObserver httpserver.Observer
+	ConnObserver ConnObserver
+	// ConnContext, when set, derives each metadata connection's context
+	// once, at accept (to identify the caller). It gets a *Conn, whose
+	// socket it can query.
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
 	// OnCredentials, when set, is told which engine serves from now on: at
 	// start and after every reload that changed it (for metrics).
 	OnCredentials func(CredentialEngine)
+	// AllowUnprivilegedPort, when set and true for a configuration, lets
+	// the metadata listener use a port that any user may bind (at or above
+	// net.ipv4.ip_unprivileged_port_start). Nil refuses such a port.
+	AllowUnprivilegedPort func(cfg *config.Config) bool
+	// UnprivilegedPortStart reads net.ipv4.ip_unprivileged_port_start;
+	// nil reads it from /proc of this network namespace.
+	UnprivilegedPortStart func() (int, error)
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -167,14 +177,15 @@ type daemon struct {
 	net      Network
 	handler  Handler
 	ln       net.Listener
-	srv      *httpserver.Server
-	metrics  *http.Server
-	control  *http.Server
+	srv      *HTTPServer
+	metrics  *HTTPServer
+	control  *HTTPServer
 	started  time.Time
 	reloads  int
 	lastErr  string // last rejected reload
 	serveErr chan error
 	broken   atomic.Bool // a listener failed: stop feeding the watchdog
+	prober   *prober
 
 	// runs are the background loops of the current components.
 	credsRun, netRun *runner
@@ -233,6 +244,12 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		return &ExitError{Code: ExitConfig, Err: err}
 	}
 	d.cfg = cfg
+	if err := d.checkPort(cfg); err != nil {
+		return &ExitError{Code: ExitConfig, Err: err}
+	}
+	if d.prober, err = newProber(); err != nil {
+		return exitErr(ExitFailure, "%w", err)
+	}
 
 	// Build every component before touching anything, so that a problem
 	// they can find on their own stops us while nothing is installed.
@@ -289,13 +306,13 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		}
 	}()
 
-	var metrics *http.Server
+	var metrics *HTTPServer
 	if addr := cfg.MetricsListen(); addr != "" {
 		if metrics, err = d.startMetrics(ctx, addr); err != nil {
 			return exitErr(ExitNetwork, "binding the metrics listener %s: %w", addr, err)
 		}
 	}
-	var control *http.Server
+	var control *HTTPServer
 	if d.deps.ControlSocket != "" {
 		if control, err = d.startControl(ctx); err != nil {
 			if metrics != nil {
@@ -319,27 +336,20 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// newAPIServer serves the metadata API with httpserver rather than
-// net/http.Server: the same request parser and handler without
-// http.Server's per-request goroutine, deadlines and header copies, which
-// were most of the difference to a bare net/http server (test/bench). It
-// bounds what a client can hold: an incomplete first header (5 s), an
-// idle keep-alive connection (90 s) and a response it does not read
-// (30 s). Its connection reaper stops with the server.
-func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *httpserver.Server {
-	return &httpserver.Server{
-		Handler:        h,
-		BaseContext:    context.WithoutCancel(ctx),
-		MaxHeaderBytes: 16 << 10,
-		Log:            d.log.With("component", "http"),
-		Observer:       d.deps.ConnObserver,
-	}
+// newAPIServer serves the metadata API: a net/http.Server with APILimits.
+func (d *daemon) newAPIServer(ctx context.Context, h http.Handler) *HTTPServer {
+	return NewHTTPServer(d.prober.handler(h), APILimits, HTTPOptions{
+		Log:         d.log.With("component", "http"),
+		Observer:    d.deps.ConnObserver,
+		BaseContext: context.WithoutCancel(ctx),
+		ConnContext: d.deps.ConnContext,
+	})
 }
 
 // serve runs srv on ln until the listener is closed.
-func (d *daemon) serve(srv *httpserver.Server, ln net.Listener) {
+func (d *daemon) serve(srv *HTTPServer, ln net.Listener) {
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := srv.Serve(ln); err != nil {
 			d.serveErr <- fmt.Errorf("serving on %s: %w", ln.Addr(), err)
 		}
 	}()
@@ -370,7 +380,7 @@ func (d *daemon) loop(ctx context.Context, reload <-chan Reload) {
 }
 
 // watchdog sends WATCHDOG=1 while this process still answers on its
-// listener. It runs apart from the loop so that a reload waiting for a new
+// listener and, with the network managed, through the endpoint. It runs apart from the loop so that a reload waiting for a new
 // role's first credentials does not starve it. It deliberately ignores STS:
 // restarting cannot fix an STS outage, and the last good credentials are
 // still being served.
@@ -382,21 +392,36 @@ func (d *daemon) watchdog(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if !d.broken.Load() && d.probe(ctx) == nil {
+			if !d.broken.Load() && d.probe(ctx) == nil && d.probeEndpoint(ctx) == nil {
 				d.notify("WATCHDOG=1")
 			}
 		}
 	}
 }
 
-// probe makes one request to our own listener.
+// probe checks that this process answers on its own listener.
 func (d *daemon) probe(ctx context.Context) error {
 	d.mu.Lock()
 	addr := d.ln.Addr().String()
 	d.mu.Unlock()
-	if _, err := probeAddr(ctx, addr); err != nil {
+	if err := d.prober.probe(ctx, addr); err != nil {
 		d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
 		return err
+	}
+	return nil
+}
+
+// probeEndpoint checks, with the network managed, that requests to the
+// endpoint reach this process (not a stale rule, another host, or another
+// process holding the redirect target).
+func (d *daemon) probeEndpoint(ctx context.Context) error {
+	ep := d.deps.Endpoint
+	if ep == "" || !d.managed() {
+		return nil
+	}
+	if err := d.prober.probe(ctx, ep); err != nil {
+		d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
+		return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
 	}
 	return nil
 }
@@ -404,24 +429,6 @@ func (d *daemon) probe(ctx context.Context) error {
 // EndpointAddr is where clients reach the service when the network is
 // managed; the production Deps.Endpoint.
 const EndpointAddr = "169.254.169.254:80"
-
-// probeAddr makes one GET / to addr and returns the Server header.
-func probeAddr(ctx context.Context, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	resp.Body.Close()
-	return resp.Header.Get("Server"), nil
-}
-
-var probeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 
 // stop is the orderly shutdown: stop accepting, let requests in flight
 // finish within stop_timeout, stop the loops, remove the network.
@@ -439,7 +446,7 @@ func (d *daemon) stop() error {
 		errs = append(errs, fmt.Errorf("finishing requests in flight: %w", err))
 		srv.Close()
 	}
-	for _, s := range []*http.Server{metrics, control} {
+	for _, s := range []*HTTPServer{metrics, control} {
 		if s != nil {
 			s.Close()
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/imds-shim/imds-shim/pkg/config"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
+	"github.com/imds-shim/imds-shim/pkg/imds"
 )
 
 // world records, in order, every side effect the daemon performs through
@@ -210,8 +211,10 @@ func (w *world) deps(dir string) Deps {
 			if err := w.record(fmt.Sprintf("listen:%s/hop%d", addr, hop)); err != nil {
 				return nil, err
 			}
-			return net.Listen("tcp", "127.0.0.1:0")
+			return imds.Listen("tcp", "127.0.0.1:0", hop)
 		},
+		// The tests listen on 8254 and 8255; port checks have their own test.
+		AllowUnprivilegedPort: func(*config.Config) bool { return true },
 		ListenMetrics: func(addr string) (net.Listener, error) {
 			w.record("metrics-listen")
 			return net.Listen("tcp", "127.0.0.1:0")
@@ -530,52 +533,67 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// TestHealthz: 200 only while credentials are valid and both the listener
-// and the client-facing endpoint reach the handler.
+// TestHealthz: 200 only while credentials are valid and this process
+// answers on its listener and through the client-facing endpoint; 503 when
+// anything else answers there, even as EC2ws.
 func TestHealthz(t *testing.T) {
-	w, dir, path := newSetup(t)
-	deps := w.deps(dir)
-	var metricsAddr string
-	deps.ListenMetrics = func(string) (net.Listener, error) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err == nil {
-			metricsAddr = ln.Addr().String()
-		}
-		return ln, err
+	for _, tc := range []struct {
+		name     string
+		endpoint func(t *testing.T, own net.Listener) string
+		want     int
+		wantBody string
+	}{
+		{"redirect reaches us", func(t *testing.T, own net.Listener) string { return own.Addr().String() }, 200, "ok"},
+		{"impostor answers as EC2ws", func(t *testing.T, _ net.Listener) string {
+			ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Server", "EC2ws")
+				io.WriteString(w, "0123456789abcdef")
+			}))
+			t.Cleanup(ep.Close)
+			return strings.TrimPrefix(ep.URL, "http://")
+		}, 503, "does not reach this imds-shim"},
+		{"nothing", func(t *testing.T, _ net.Listener) string { return "127.0.0.1:1" }, 503, "does not reach this imds-shim"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, dir, path := newSetup(t)
+			deps := w.deps(dir)
+			var metricsAddr string
+			deps.ListenMetrics = func(string) (net.Listener, error) {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err == nil {
+					metricsAddr = ln.Addr().String()
+				}
+				return ln, err
+			}
+			own, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			deps.Listen = func(string, int) (net.Listener, error) { return own, nil }
+			deps.Endpoint = tc.endpoint(t, own)
+			cancel, _, done := start(t, w, deps, path)
+			defer func() { cancel(); wait(t, done) }()
+			check := func(wantCode int, wantBody string) {
+				t.Helper()
+				resp, err := http.Get("http://" + metricsAddr + "/healthz")
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != wantCode || !strings.Contains(string(b), wantBody) {
+					t.Errorf("/healthz = %d %q, want %d containing %q", resp.StatusCode, b, wantCode, wantBody)
+				}
+			}
+			check(tc.want, tc.wantBody)
+			if tc.want == 200 {
+				w.setFail("current", credentials.ErrNoCredentials)
+				check(503, "unhealthy: no valid credentials")
+				w.setFail("current", nil)
+				check(200, "ok")
+			}
+		})
 	}
-	// The endpoint stands in for 169.254.169.254: first our handler behind
-	// it (EC2ws), then something that is not imds-shim, then nothing.
-	var impostor atomic.Bool
-	ep := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !impostor.Load() {
-			w.Header().Set("Server", "EC2ws")
-		}
-		io.WriteString(w, "hello")
-	}))
-	deps.Endpoint = strings.TrimPrefix(ep.URL, "http://")
-	cancel, _, done := start(t, w, deps, path)
-	defer func() { cancel(); wait(t, done) }()
-	check := func(wantCode int, wantBody string) {
-		t.Helper()
-		resp, err := http.Get("http://" + metricsAddr + "/healthz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != wantCode || !strings.Contains(string(b), wantBody) {
-			t.Errorf("/healthz = %d %q, want %d containing %q", resp.StatusCode, b, wantCode, wantBody)
-		}
-	}
-	check(200, "ok")
-	w.setFail("current", credentials.ErrNoCredentials)
-	check(503, "unhealthy: no valid credentials")
-	w.setFail("current", nil)
-	check(200, "ok")
-	impostor.Store(true)
-	check(503, "does not reach imds-shim: answered by \"\"")
-	ep.Close()
-	check(503, "does not reach imds-shim")
 }
 
 // TestReloadRefusedByHandlerChangesNothing: a configuration the handler
@@ -649,4 +667,162 @@ func mustStatus(t *testing.T, dir string) *Status {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestReloadHopLimitKeepsListener: a reload that changes only
+// imds.hop_limit changes it on the same socket: nothing is bound or
+// closed, and a client connecting all the while is never refused.
+func TestReloadHopLimitKeepsListener(t *testing.T) {
+	w, dir, path := newSetup(t)
+	cancel, reload, done := start(t, w, w.deps(dir), path)
+	defer func() { cancel(); wait(t, done) }()
+	addr := mustStatus(t, dir).Listen
+
+	stop := make(chan struct{})
+	var attempts, failures atomic.Int64
+	var firstErr atomic.Value
+	connected := make(chan struct{}, 1)
+	go func() {
+		defer close(connected)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			attempts.Add(1)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				failures.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				continue
+			}
+			c.Close()
+		}
+	}()
+	before := len(w.Events())
+	for i := range 20 {
+		writeConfig(t, path, "app", fmt.Sprintf("  hop_limit: %d\n", 2+i%2))
+		w.reloadAndWait(reload)
+		if st := mustStatus(t, dir); st.HopLimit != 2+i%2 || st.Listen != addr || st.LastReloadError != "" {
+			t.Fatalf("after reload %d: status %+v", i, st)
+		}
+	}
+	close(stop)
+	<-connected
+	for _, ev := range w.Events()[before:] {
+		if strings.HasPrefix(ev, "listen:") {
+			t.Errorf("a hop-limit reload bound a listener: %s", ev)
+		}
+	}
+	if n := failures.Load(); n != 0 || attempts.Load() < 20 {
+		t.Errorf("%d of %d connections failed across 20 hop-limit reloads (first: %v)", n, attempts.Load(), firstErr.Load())
+	}
+}
+
+// TestPortMustBePrivileged: a listen port any user may bind is refused at
+// start (a configuration error, before anything is installed) and on
+// reload, unless the operator allowed it; the sysctl is read, not assumed.
+func TestPortMustBePrivileged(t *testing.T) {
+	w, dir, path := newSetup(t)
+	deps := w.deps(dir)
+	deps.AllowUnprivilegedPort = nil
+	deps.UnprivilegedPortStart = func() (int, error) { return 9200, nil } // a host that raised it
+	cancel, reload, done := start(t, w, deps, path)                       // 8254 < 9200: privileged here
+	defer func() { cancel(); wait(t, done) }()
+
+	writeConfig(t, path, "app", "") // same port: no check, no change
+	if err := os.WriteFile(path, []byte("role_arn: arn:aws:iam::123456789012:role/app\nimds:\n  listen: 127.0.0.1:9300\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.reloadAndWait(reload)
+	st := mustStatus(t, dir)
+	if !strings.Contains(st.LastReloadError, "imds.listen: port 9300 can be bound by any user") {
+		t.Errorf("reload to an unprivileged port: last error %q", st.LastReloadError)
+	}
+	for _, ev := range w.Events() {
+		if ev == "listen:127.0.0.1:9300/hop1" {
+			t.Errorf("the unprivileged port was bound")
+		}
+	}
+
+	// At start: exit 3 before cleanup, credentials or network.
+	w2, dir2, path2 := newSetup(t)
+	deps2 := w2.deps(dir2)
+	deps2.AllowUnprivilegedPort = nil
+	deps2.UnprivilegedPortStart = func() (int, error) { return 1024, nil }
+	err := Run(context.Background(), path2, deps2, nil)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != ExitConfig || !strings.Contains(err.Error(), "ip_unprivileged_port_start = 1024") {
+		t.Errorf("start on 8254 = %v, want exit %d naming the sysctl", err, ExitConfig)
+	}
+	if d := cmp.Diff([]string{"notify:STATUS=loading " + path2, "load", "notify:STATUS=start-up failed: " + oneLine(err)}, w2.Events()); d != "" {
+		t.Errorf("start side effects (-want +got):\n%s", d)
+	}
+	deps2.AllowUnprivilegedPort = func(*config.Config) bool { return true }
+	ctx, stopIt := context.WithCancel(context.Background())
+	stopIt()
+	if err := Run(ctx, path2, deps2, nil); err != nil && strings.Contains(err.Error(), "ip_unprivileged_port_start") {
+		t.Errorf("allowed unprivileged port still refused: %v", err)
+	}
+}
+
+// TestWatchdogNeedsThisProcess: WATCHDOG=1 is sent while this process
+// answers through the endpoint, and never while something else does.
+func TestWatchdogNeedsThisProcess(t *testing.T) {
+	t.Run("ours", func(t *testing.T) {
+		w, dir, path := newSetup(t)
+		deps := w.deps(dir)
+		own, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deps.Listen = func(string, int) (net.Listener, error) { return own, nil }
+		deps.Endpoint = own.Addr().String()
+		deps.Watchdog = time.Millisecond
+		cancel, _, done := start(t, w, deps, path)
+		defer func() { cancel(); wait(t, done) }()
+		for !contains(w.Events(), "notify:WATCHDOG=1") {
+			select {
+			case <-t.Context().Done():
+				t.Fatal("no WATCHDOG=1")
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	t.Run("impostor", func(t *testing.T) {
+		w, dir, path := newSetup(t)
+		deps := w.deps(dir)
+		hits := make(chan struct{}, 100)
+		ep := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			rw.Header().Set("Server", "EC2ws")
+			io.WriteString(rw, strings.Repeat("0", 64))
+			hits <- struct{}{}
+		}))
+		defer ep.Close()
+		deps.Endpoint = strings.TrimPrefix(ep.URL, "http://")
+		deps.Watchdog = time.Millisecond
+		cancel, _, done := start(t, w, deps, path)
+		defer func() { cancel(); wait(t, done) }()
+		// Each tick probes the endpoint once; by the fourth hit the
+		// watchdog has decided on the first three.
+		for range 4 {
+			<-hits
+		}
+		if contains(w.Events(), "notify:WATCHDOG=1") {
+			t.Error("WATCHDOG=1 sent while another process answered on the endpoint")
+		}
+	})
+}
+
+// A client that guesses the probe path gets the metadata handler's answer:
+// the probe answers only challenges it sent itself.
+func TestProbePathIsNoOracle(t *testing.T) {
+	w, dir, path := newSetup(t)
+	cancel, _, done := start(t, w, w.deps(dir), path)
+	defer func() { cancel(); wait(t, done) }()
+	st := mustStatus(t, dir)
+	if got := get(t, "http://"+st.Listen+probePrefix+strings.Repeat("ab", 32)); got != "app" {
+		t.Errorf("guessed probe path answered %q, want the metadata handler's %q", got, "app")
+	}
 }

@@ -1,8 +1,26 @@
 // Package daemon is the life cycle of `imds-shim serve`: the start-up order,
-// systemd notification, reload on SIGHUP, the watchdog, status and an
-// orderly stop that removes everything the daemon installed.
+// systemd notification, reload on SIGHUP, the watchdog, health, status and
+// an orderly stop that removes everything the daemon installed.
 //
 // Every side effect is injected through Deps, declared here as small
 // interfaces, so that tests drive the whole life cycle with fakes and the
 // production wiring lives in one place (wire.go).
+//
+// Every listener (the metadata API, metrics/healthz, the control socket) is
+// a net/http.Server built by NewHTTPServer with Limits: header, idle and
+// write (slow reader) timeouts, a header size bound and a per-listener
+// connection cap, with net/http's errors logged through slog and every
+// connection's opening and closing reason reported to a ConnObserver. The
+// cap is a small semaphore in the listener wrapper rather than
+// golang.org/x/net/netutil.LimitListener, whose connection type hides the
+// socket that Deps.ConnContext (caller identification) needs to query.
+//
+// No other user can take the metadata endpoint: serve refuses a listen
+// port at or above net.ipv4.ip_unprivileged_port_start (the unit grants
+// CAP_NET_BIND_SERVICE for the default, 254) unless the operator allowed
+// it; a reload never closes a listener that stays configured (a new hop
+// limit applies in place, a new address is bound before the old one is
+// released); and the watchdog and /healthz probe the listener and the
+// endpoint with a one-time challenge only this process can answer, so
+// they fail when anything else answers there.
 package daemon

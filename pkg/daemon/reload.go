@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	sdd "github.com/coreos/go-systemd/v22/daemon"
 
@@ -61,38 +62,35 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		}
 	}
 
-	// 2. A new listener, bound beside the old one.
+	// 2. The listener. A listener that stays configured is never closed:
+	// between a close and a bind any user could take a port above
+	// ip_unprivileged_port_start, and clients would be refused. A new
+	// address is bound beside the old one, which closes only after the
+	// switch; a new hop limit applies to connections accepted from now on.
 	newLn := ln
-	if old.IMDS.Listen != cfg.IMDS.Listen || old.IMDS.HopLimit != cfg.IMDS.HopLimit {
-		if old.IMDS.Listen == cfg.IMDS.Listen {
-			// Same address, new hop limit: the old socket must go first.
-			ln.Close()
+	abandonListener := func() {}
+	switch {
+	case old.IMDS.Listen != cfg.IMDS.Listen:
+		if err := d.checkPort(cfg); err != nil {
+			return err
 		}
 		if newLn, err = d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit); err != nil {
-			if old.IMDS.Listen == cfg.IMDS.Listen {
-				// Put the old one back; if even that fails the
-				// watchdog probe notices and systemd restarts us.
-				if back, berr := d.deps.Listen(old.IMDS.Listen.String(), old.IMDS.HopLimit); berr == nil {
-					d.mu.Lock()
-					d.ln = back
-					d.mu.Unlock()
-					d.serve(d.srv, back)
-				}
-			}
 			return fmt.Errorf("binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
 		}
 		d.serve(d.srv, newLn)
-		if old.IMDS.Listen == cfg.IMDS.Listen {
-			// The old socket is gone: the new one is ours now
-			// whatever happens to the rest of this reload.
-			d.mu.Lock()
-			d.ln = newLn
-			d.mu.Unlock()
+		abandonListener = func() { newLn.Close() }
+	case old.IMDS.HopLimit != cfg.IMDS.HopLimit:
+		hl, ok := ln.(hopLimiter)
+		if !ok {
+			return fmt.Errorf("imds.hop_limit: the metadata listener %s cannot change its hop limit", ln.Addr())
 		}
-	}
-	abandonListener := func() {
-		if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
-			newLn.Close()
+		if err := hl.SetHopLimit(cfg.IMDS.HopLimit); err != nil {
+			return fmt.Errorf("imds.hop_limit: %w", err)
+		}
+		abandonListener = func() {
+			if err := hl.SetHopLimit(old.IMDS.HopLimit); err != nil {
+				d.log.Error("restoring the hop limit", "err", err)
+			}
 		}
 	}
 
@@ -121,8 +119,12 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	d.cfg, d.creds, d.ln, d.net = cfg, newCreds, newLn, newNet
 	d.mu.Unlock()
 	if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
-		// Closing the old listener stops new connections on it;
-		// requests already accepted on it finish normally.
+		// The redirect points at the new listener now. A connection
+		// redirected to the old one just before the switch may still
+		// sit in its accept queue, which closing would reset: let the
+		// server take those first. Requests already accepted on it
+		// finish normally after the close.
+		time.Sleep(listenerHandover)
 		ln.Close()
 	}
 	if newCreds != creds {
@@ -145,6 +147,16 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		}
 	}
 	return nil
+}
+
+// listenerHandover is how long an old listener keeps accepting after the
+// redirect moved to the new one: far longer than a SYN takes on this host.
+const listenerHandover = 200 * time.Millisecond
+
+// hopLimiter is a listener whose hop limit changes in place
+// (*imds.Listener).
+type hopLimiter interface {
+	SetHopLimit(n int) error
 }
 
 // reloadNetwork returns the network component for cfg, set up, with the old

@@ -142,6 +142,11 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) writeConfig(role, extra string) string {
 	p := filepath.Join(e.dir, "imds-shim.yaml")
+	// The listener on a privileged port (issue 17's default with the
+	// network managed): the daemon refuses one any user could bind.
+	if !strings.Contains(extra, "imds:") {
+		extra = "imds:\n  listen: 169.254.169.254:254\n" + extra
+	}
 	body := fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/%s\nsts_endpoint: %s\ncredentials_file: %s\nduration: 15m\nstart_timeout: 20s\n%s",
 		role, e.moto.URL, filepath.Join(e.dir, "credentials"), extra)
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
@@ -398,8 +403,12 @@ func TestServeFailuresChangeNothing(t *testing.T) {
 			[]string{`unknown key \"hop_limt\"`}},
 		{"bad values", "role_arn: arn:aws:iam::123:role/x\nduration: 1m\nimds:\n  tokens: sometimes\n", 3,
 			[]string{"role_arn", "duration", "imds.tokens"}},
-		{"sts down", fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/app\nsts_endpoint: http://127.0.0.1:1\ncredentials_file: %s\nstart_timeout: 3s\n",
+		{"sts down", fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/app\nsts_endpoint: http://127.0.0.1:1\ncredentials_file: %s\nstart_timeout: 3s\nimds:\n  listen: 169.254.169.254:254\n",
 			filepath.Join(e.dir, "credentials")), 4, []string{"fetching first credentials", "connection refused"}},
+		// Any user could bind 8254 before us: refused before anything
+		// is installed, as a configuration error.
+		{"unprivileged port", fmt.Sprintf("role_arn: arn:aws:iam::123456789012:role/app\nsts_endpoint: %s\ncredentials_file: %s\nimds:\n  listen: 127.0.0.1:8254\n",
+			e.moto.URL, filepath.Join(e.dir, "credentials")), 3, []string{"imds.listen: port 8254 can be bound by any user", "ip_unprivileged_port_start = 1024"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	awsimds "github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
+	"github.com/imds-shim/imds-shim/pkg/daemon"
 )
 
 // Real AWS clients, unmodified, fetch credentials (and region where the
@@ -54,8 +54,8 @@ func startClientServer(t *testing.T, mode TokenMode, n int) *clientServer {
 	if err != nil {
 		t.Fatalf("Listen: %v", err)
 	}
-	// The server the daemon runs the handler in (pkg/daemon newAPIServer).
-	hs := &httpserver.Server{Handler: srv}
+	// The server the daemon runs the handler in.
+	hs := daemon.NewHTTPServer(srv, daemon.APILimits, daemon.HTTPOptions{})
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.Serve(ln) }()
 	t.Cleanup(func() {

@@ -3,8 +3,10 @@
 // the AWS CLI on an on-prem host find credentials, region and instance
 // metadata exactly as they would on EC2.
 //
-// The handler implements IMDSv2 session tokens (stateless HMAC tokens, so
-// memory stays bounded whatever clients do), the required/optional token
+// The handler implements IMDSv2 session tokens (stateless HMAC-SHA256
+// tokens from crypto/hmac, so memory stays bounded whatever clients do; the
+// MAC also covers an optional caller binding, so a token can be tied to
+// the caller it was issued to), the required/optional token
 // modes, the credential documents (legacy and security-credentials-extended),
 // a small instance-metadata tree with on-prem defaults and overrides (typed
 // config fields, a metadata directory, explicit path overrides), EC2's wire
@@ -17,10 +19,13 @@
 // entries); EC2-COMPATIBILITY.md lists them with their sources and the SDK
 // code that depends on them, and fidelity_test.go checks each one.
 //
+// Every response carries an exact Content-Length (net/http never chunks
+// it), so the handler can run in any net/http.Server; the daemon runs it
+// in pkg/daemon's, with its connection limits.
+//
 // Credentials are read through CredentialSource and never fetched on the
 // request path. The credential documents are rendered once per credential
-// set, and the token-validated credential GET does not allocate in the
-// handler.
+// set.
 //
 // Listen wraps a TCP listener so that every accepted connection carries the
 // configured IP TTL / IPv6 hop limit, like EC2's PUT response hop limit.

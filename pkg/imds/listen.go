@@ -2,26 +2,37 @@ package imds
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
 // Listen listens on a TCP address and sets the IP TTL (IPv4) and unicast
-// hop limit (IPv6) of every accepted connection to hopLimit (1..64), so that
-// responses cannot travel further than EC2's PUT response hop limit allows:
-// with 1, a client behind one more hop (a container bridge, a routed peer)
-// connects but never receives an answer.
+// hop limit (IPv6) of every accepted connection to the listener's hop limit
+// (1..64), so that responses cannot travel further than EC2's PUT response
+// hop limit allows: with 1, a client behind one more hop (a container
+// bridge, a routed peer) connects but never receives an answer.
+//
+// The limit is read on every Accept, so SetHopLimit changes it for the
+// next connection without closing the socket: a reload never opens a
+// window in which the port is free for another process to bind.
 //
 // The limit is set on the listening socket too, which Linux copies into
 // accepted sockets and uses for the SYN-ACK; each accepted connection is
 // then set again so the limit does not depend on that inheritance. A
 // connection whose limit cannot be set is closed and never handed out.
-func Listen(network, addr string, hopLimit int) (net.Listener, error) {
-	if hopLimit < 1 || hopLimit > 64 {
-		return nil, fmt.Errorf("hop limit %d is outside 1..64", hopLimit)
+//
+// Go listens with Multipath TCP first where the kernel offers it; setting
+// the limit on the listening socket fails there (EOPNOTSUPP on kernels
+// without IP_TTL for MPTCP), and Go then falls back to plain TCP, whose
+// accepted sockets take the limit.
+func Listen(network, addr string, hopLimit int) (*Listener, error) {
+	if err := checkHopLimit(hopLimit); err != nil {
+		return nil, err
 	}
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -35,18 +46,54 @@ func Listen(network, addr string, hopLimit int) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	return &hopListener{Listener: ln, hopLimit: hopLimit}, nil
+	l := &Listener{Listener: ln}
+	l.hop.Store(int32(hopLimit))
+	return l, nil
 }
 
-type hopListener struct {
+func checkHopLimit(n int) error {
+	if n < 1 || n > 64 {
+		return fmt.Errorf("hop limit %d is outside 1..64", n)
+	}
+	return nil
+}
+
+// Listener is a TCP listener whose accepted connections carry its hop
+// limit. Accept returns the accepted *net.TCPConn itself.
+type Listener struct {
 	net.Listener
-	hopLimit int
+	hop atomic.Int32
+}
+
+// HopLimit is the limit the next accepted connection gets.
+func (l *Listener) HopLimit() int { return int(l.hop.Load()) }
+
+// SetHopLimit changes the limit for connections accepted from now on, and
+// on the listening socket (the SYN-ACK). Connections already accepted keep
+// theirs. On error nothing changes.
+func (l *Listener) SetHopLimit(n int) error {
+	if err := checkHopLimit(n); err != nil {
+		return err
+	}
+	sc, ok := l.Listener.(syscall.Conn)
+	if !ok {
+		return errors.New("listener has no socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		err = setHopLimit(rc, n)
+	}
+	if err != nil {
+		return fmt.Errorf("setting the hop limit on %s: %w", l.Addr(), err)
+	}
+	l.hop.Store(int32(n))
+	return nil
 }
 
 // Accept returns the next connection with its hop limit set. Failing to
 // set it drops that connection rather than returning an error, because
 // http.Server stops serving on a non-temporary Accept error.
-func (l *hopListener) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -59,7 +106,7 @@ func (l *hopListener) Accept() (net.Conn, error) {
 		}
 		rc, err := sc.SyscallConn()
 		if err == nil {
-			err = setHopLimit(rc, l.hopLimit)
+			err = setHopLimit(rc, l.HopLimit())
 		}
 		if err != nil {
 			c.Close()

@@ -73,7 +73,7 @@ func TestListenSetsEachConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	rc, err := ln.(*hopListener).Listener.(syscall.Conn).SyscallConn()
+	rc, err := ln.Listener.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,4 +102,86 @@ func TestListenErrors(t *testing.T) {
 			t.Errorf("Listen(%q, %q, %d) = %v, want error with %q", tc.network, tc.addr, tc.hop, err, tc.want)
 		}
 	}
+}
+
+// A hop limit changed on a live listener applies to the next accepted
+// connection and to the listening socket, which stays the same socket.
+func TestListenSetHopLimit(t *testing.T) {
+	ln, err := Listen("tcp4", "127.0.0.1:0", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	for _, hop := range []int{7, 1, 64} {
+		if err := ln.SetHopLimit(hop); err != nil {
+			t.Fatal(err)
+		}
+		if ttl, _ := acceptedHops(t, ln); ttl != hop {
+			t.Errorf("after SetHopLimit(%d): accepted IP_TTL = %d", hop, ttl)
+		}
+		if got := sockoptInt(t, ln.Listener, unix.IPPROTO_IP, unix.IP_TTL); got != hop {
+			t.Errorf("after SetHopLimit(%d): listening socket IP_TTL = %d", hop, got)
+		}
+	}
+	for _, bad := range []int{0, 65} {
+		if err := ln.SetHopLimit(bad); err == nil {
+			t.Errorf("SetHopLimit(%d) accepted", bad)
+		}
+	}
+	if ln.HopLimit() != 64 || ln.Addr().String() != addr {
+		t.Errorf("after refused changes: hop %d on %s, want 64 on %s", ln.HopLimit(), ln.Addr(), addr)
+	}
+}
+
+// Go listens with Multipath TCP first (GODEBUG multipathtcp, on by default
+// for listeners since Go 1.24). Where the kernel refuses IP_TTL on an
+// MPTCP socket, Listen's error makes Go fall back to plain TCP; either
+// way the listener it returns must hand out connections with the limit.
+func TestListenMPTCPFallback(t *testing.T) {
+	ln, err := Listen("tcp4", "127.0.0.1:0", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	proto := sockoptInt(t, ln.Listener, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	mptcpTTL := mptcpAcceptsTTL(t)
+	t.Logf("listening socket protocol %d; kernel sets IP_TTL on MPTCP sockets: %v", proto, mptcpTTL)
+	if proto == unix.IPPROTO_MPTCP && !mptcpTTL {
+		t.Errorf("listener is MPTCP although the kernel refuses IP_TTL on MPTCP sockets")
+	}
+	if !mptcpTTL && proto != unix.IPPROTO_TCP {
+		t.Errorf("listening socket protocol %d, want TCP (%d) after the fallback", proto, unix.IPPROTO_TCP)
+	}
+	if ttl, _ := acceptedHops(t, ln); ttl != 3 {
+		t.Errorf("accepted IP_TTL = %d, want 3", ttl)
+	}
+}
+
+// mptcpAcceptsTTL reports whether this kernel sets IP_TTL on an MPTCP
+// socket; false also when it has no MPTCP.
+func mptcpAcceptsTTL(t *testing.T) bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_MPTCP)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, 3) == nil
+}
+
+func sockoptInt(t *testing.T, c any, level, opt int) int {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), level, opt) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v
 }

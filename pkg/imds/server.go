@@ -68,6 +68,11 @@ type Options struct {
 	TokenKey []byte
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// TokenBinding, when set, returns the caller binding for a request:
+	// a token is issued for the binding of the request that asked for
+	// it and accepted only from requests with the same binding (for
+	// example the caller's uid or unit). Nil binds every token to "".
+	TokenBinding func(*http.Request) string
 	// Host supplies the facts for on-prem defaults. Nil means DiscoverHost
 	// on this host (again on every Update, to follow a renamed host).
 	Host *HostFacts
@@ -81,6 +86,7 @@ type Server struct {
 	obs      Observer
 	now      func() time.Time
 	host     *HostFacts
+	binding  func(*http.Request) string
 	state    atomic.Pointer[state]
 	lastWarn atomic.Int64 // Unix nanoseconds of the last "credentials unavailable" log
 }
@@ -107,7 +113,7 @@ type credDocs struct {
 // NewServer validates cfg, reads its metadata directory and returns a
 // handler serving it with credentials from src.
 func NewServer(cfg Config, src CredentialSource, opts Options) (*Server, error) {
-	s := &Server{log: opts.Logger, obs: opts.Observer, now: opts.Now, host: opts.Host}
+	s := &Server{log: opts.Logger, obs: opts.Observer, now: opts.Now, host: opts.Host, binding: opts.TokenBinding}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -268,38 +274,12 @@ func (s *Server) unavailable(err error, now time.Time) {
 	}
 }
 
-// Static header values, shared by every response and never modified.
-var (
-	hdrServer      = []string{"EC2ws"}
-	hdrAcceptNone  = []string{"none"}
-	hdrAllowGet    = []string{"GET, HEAD"}
-	hdrAllowPut    = []string{"PUT"}
-	hdrTokenLen    = []string{strconv.Itoa(tokenLen)}
-	ttlHeaderCache [MaxTokenTTL + 1]atomic.Pointer[[]string]
-)
-
-// Canonical header keys, used for direct map access without allocating.
+// Header names the handler reads or sets.
 const (
-	hToken         = "X-Aws-Ec2-Metadata-Token"
-	hTokenTTL      = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
-	hForwardedFor  = "X-Forwarded-For"
-	hContentType   = "Content-Type"
-	hContentLength = "Content-Length"
+	hToken        = "X-Aws-Ec2-Metadata-Token"
+	hTokenTTL     = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+	hForwardedFor = "X-Forwarded-For"
 )
-
-// ttlHeader returns the shared header value for n seconds, building each of
-// the at most MaxTokenTTL+1 values once.
-func ttlHeader(n int64) []string {
-	if n < 0 || n > MaxTokenTTL {
-		return []string{strconv.FormatInt(n, 10)}
-	}
-	if p := ttlHeaderCache[n].Load(); p != nil {
-		return *p
-	}
-	v := []string{strconv.FormatInt(n, 10)}
-	ttlHeaderCache[n].Store(&v)
-	return v
-}
 
 // errorPage renders EC2's XHTML error page for status. EC2 serves its 404
 // page as text/html and the others as text/plain (a captured EC2 405 on
@@ -329,14 +309,6 @@ func errorPage(status int) response {
 		ctype = hdrTextHTML
 	}
 	return newResponse([]byte(body), ctype)
-}
-
-var errorPages = map[int]response{}
-
-func init() {
-	for _, c := range []int{400, 401, 403, 404, 405, 417, 500} {
-		errorPages[c] = errorPage(c)
-	}
 }
 
 // The endpoint's own addresses: traffic a host sends to 169.254.169.254 on
@@ -466,7 +438,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (string, int) {
 	h := w.Header()
-	h["Server"] = hdrServer
+	h.Set("Server", "EC2ws")
 	path := strings.TrimLeft(cleanPath(r.URL.Path), "/")
 	version, rest, _ := strings.Cut(path, "/")
 	slash := strings.HasSuffix(rest, "/")
@@ -489,7 +461,7 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	}
 	if isToken && version == "latest" {
 		if r.Method != http.MethodPut {
-			h["Allow"] = hdrAllowPut
+			h.Set("Allow", "PUT")
 			return class, s.fail(w, r, http.StatusMethodNotAllowed)
 		}
 		return class, s.issueToken(w, r)
@@ -499,18 +471,18 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 		return class, s.fail(w, r, http.StatusForbidden)
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		h["Allow"] = hdrAllowGet
+		h.Set("Allow", "GET, HEAD")
 		return class, s.fail(w, r, http.StatusMethodNotAllowed)
 	}
 
 	now := s.now()
-	if v := r.Header[hToken]; len(v) > 0 && v[0] != "" {
-		exp, ok := s.key.verify(v[0])
-		left := exp - now.UnixNano()
+	if v := r.Header.Values(hToken); len(v) > 0 && v[0] != "" {
+		exp, ok := s.key.verify(v[0], s.callerBinding(r))
+		left := exp.Sub(now)
 		if len(v) > 1 || !ok || left <= 0 {
 			return class, s.fail(w, r, http.StatusUnauthorized)
 		}
-		h[hTokenTTL] = ttlHeader((left + int64(time.Second) - 1) / int64(time.Second))
+		h.Set(hTokenTTL, strconv.FormatInt(int64((left+time.Second-1)/time.Second), 10))
 	} else if st.required {
 		return class, s.fail(w, r, http.StatusUnauthorized)
 	}
@@ -549,22 +521,13 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	return class, s.write(w, r, http.StatusOK, docs.legacy)
 }
 
-// autoLengthMax is the largest body net/http sends with an exact
-// Content-Length of its own when the handler writes it whole and returns
-// (its bufferBeforeChunkingSize). Such bodies get their length from
-// net/http, which saves a header in the map net/http copies and sorts on
-// every response; larger bodies, which it would otherwise send chunked, and
-// HEAD answers get ours. EC2 never sends chunked; TestWireContentLength
-// holds both sides of the limit.
-const autoLengthMax = 2048
-
+// write sends resp with an exact Content-Length, so net/http never
+// chunks (EC2 never does), HEAD included.
 func (s *Server) write(w http.ResponseWriter, r *http.Request, status int, resp response) int {
 	h := w.Header()
-	h[hContentType] = resp.ctype
-	if len(resp.body) > autoLengthMax || r.Method == http.MethodHead {
-		h[hContentLength] = resp.clen
-	}
-	h["Accept-Ranges"] = hdrAcceptNone
+	h.Set("Content-Type", resp.ctype)
+	h.Set("Content-Length", strconv.Itoa(len(resp.body)))
+	h.Set("Accept-Ranges", "none")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(resp.body) // a client gone away is not our error
@@ -573,13 +536,13 @@ func (s *Server) write(w http.ResponseWriter, r *http.Request, status int, resp 
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, status int) int {
-	delete(w.Header(), hTokenTTL)
-	return s.write(w, r, status, errorPages[status])
+	w.Header().Del(hTokenTTL)
+	return s.write(w, r, status, errorPage(status))
 }
 
 // issueToken answers PUT /latest/api/token.
 func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) int {
-	v := r.Header[hTokenTTL]
+	v := r.Header.Values(hTokenTTL)
 	if len(v) != 1 {
 		return s.fail(w, r, http.StatusBadRequest)
 	}
@@ -587,12 +550,20 @@ func (s *Server) issueToken(w http.ResponseWriter, r *http.Request) int {
 	if !ok {
 		return s.fail(w, r, http.StatusBadRequest)
 	}
-	tok, err := s.key.issue(s.now().Add(time.Duration(ttl) * time.Second))
+	tok, err := s.key.issue(s.now().Add(time.Duration(ttl)*time.Second), s.callerBinding(r))
 	if err != nil {
 		s.log.Error("issuing token", "err", err)
 		return s.fail(w, r, http.StatusInternalServerError)
 	}
 	s.obs.TokenIssued()
-	w.Header()[hTokenTTL] = ttlHeader(int64(ttl))
-	return s.write(w, r, http.StatusOK, response{body: []byte(tok), clen: hdrTokenLen, ctype: hdrTextPlain})
+	w.Header().Set(hTokenTTL, strconv.Itoa(ttl))
+	return s.write(w, r, http.StatusOK, newResponse([]byte(tok), hdrTextPlain))
+}
+
+// callerBinding is the binding tokens of r's caller are issued for.
+func (s *Server) callerBinding(r *http.Request) string {
+	if s.binding == nil {
+		return ""
+	}
+	return s.binding(r)
 }

@@ -41,7 +41,7 @@ func tokenFor(t *testing.T, e *testEnv, s tokenState) (string, bool) {
 		return e.token(t, "60"), true
 	case tokExpired:
 		k, _ := newTokenKey(testKey)
-		tok, _ := k.issue(e.clock.Now().Add(-time.Second))
+		tok, _ := k.issue(e.clock.Now().Add(-time.Second), "")
 		return tok, true
 	case tokTampered:
 		tok := []byte(e.token(t, "60"))
@@ -51,7 +51,7 @@ func tokenFor(t *testing.T, e *testEnv, s tokenState) (string, bool) {
 		return "AQAAAAAAAAAA not a token", true
 	case tokOtherKey:
 		k, _ := newTokenKey([]byte("another key of thirty-two bytes!"))
-		tok, _ := k.issue(e.clock.Now().Add(time.Minute))
+		tok, _ := k.issue(e.clock.Now().Add(time.Minute), "")
 		return tok, true
 	}
 	t.Fatalf("unknown token state %d", s)
@@ -379,7 +379,7 @@ func TestUpdate(t *testing.T) {
 	want := []string{
 		"/latest/meta-data/iam/security-credentials/ 200 renamed",
 		"/latest/meta-data/placement/availability-zone 200 eu-west-1a",
-		"/latest/meta-data/iam/security-credentials/test-role 404 " + string(errorPages[404].body),
+		"/latest/meta-data/iam/security-credentials/test-role 404 " + string(errorPage(404).body),
 		"renamed 200 key3=true",
 		"tokenless 200 eu-west-1",
 	}

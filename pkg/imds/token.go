@@ -1,9 +1,10 @@
 package imds
 
 import (
+	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -12,7 +13,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync/atomic"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,12 +30,19 @@ const TokenKeySize = 32
 
 // A token is base64url (no padding) of 48 bytes:
 //
-//	version(1) | expiry, Unix nanoseconds, big-endian (8) | nonce (7) | HMAC-SHA256 of the first 16 bytes (32)
+//	version(1) | expiry, Unix nanoseconds, big-endian (8) | nonce (7) | MAC (32)
 //
-// That is 64 header-safe characters with no newline. The server keeps no
-// state per token: the MAC makes tokens unforgeable without the key, the
-// expiry is inside the MAC, so memory is bounded whatever clients do, and a
-// token stays valid across Update and, with a persistent key, restarts.
+// where MAC is HMAC-SHA256 over the first 16 bytes followed by the caller
+// binding. That is 64 header-safe characters with no newline. The server
+// keeps no state per token: the MAC makes tokens unforgeable without the
+// key, the expiry is inside the MAC, so memory is bounded whatever clients
+// do, and a token stays valid across Update and, with a persistent key,
+// restarts.
+//
+// The caller binding is an opaque string the handler derives from the
+// request (Options.TokenBinding; empty by default). It is not in the
+// token, only in the MAC: a token minted for one binding does not verify
+// for another, so a token presented by a different caller is refused.
 const (
 	tokenVersion    = 1
 	tokenPayloadLen = 16
@@ -41,157 +50,61 @@ const (
 	tokenLen        = tokenRawLen * 4 / 3 // 64, no padding since 48 % 3 == 0
 )
 
-// tokenKey holds the HMAC key pads, precomputed so that verifying a token
-// needs SHA-256 over stack buffers and no allocation.
+// tokenKey issues and verifies tokens with one HMAC key.
 type tokenKey struct {
-	ipad, opad [sha256.BlockSize]byte
-	// seen remembers tokens already verified: an SDK reuses its token for
-	// every request of its life, so most requests present a token seen
-	// before and skip the HMAC (about a third of the handler's time). A
-	// token's slot is picked by its last character, which is MAC output;
-	// a slot holds one token and a newer one replaces it, so memory stays
-	// bounded whatever clients send, and only tokens that verified are
-	// ever stored.
-	seen [seenSlots]atomic.Pointer[seenToken]
-}
-
-const seenSlots = 16
-
-type seenToken struct {
-	tok string
-	exp int64
+	key []byte
 }
 
 func newTokenKey(key []byte) (*tokenKey, error) {
 	if len(key) < TokenKeySize {
 		return nil, fmt.Errorf("token key has %d bytes, need at least %d", len(key), TokenKeySize)
 	}
-	k := key
-	if len(k) > sha256.BlockSize {
-		s := sha256.Sum256(k)
-		k = s[:]
-	}
-	var t tokenKey
-	copy(t.ipad[:], k)
-	copy(t.opad[:], k)
-	for i := range t.ipad {
-		t.ipad[i] ^= 0x36
-		t.opad[i] ^= 0x5c
-	}
-	return &t, nil
+	return &tokenKey{key: bytes.Clone(key)}, nil
 }
 
-// mac is HMAC-SHA256(key, payload) written out so that it does not allocate
-// (crypto/hmac builds two hash.Hash values per call).
-func (k *tokenKey) mac(payload *[tokenPayloadLen]byte) [sha256.Size]byte {
-	var inner [sha256.BlockSize + tokenPayloadLen]byte
-	copy(inner[:], k.ipad[:])
-	copy(inner[sha256.BlockSize:], payload[:])
-	ih := sha256.Sum256(inner[:])
-	var outer [sha256.BlockSize + sha256.Size]byte
-	copy(outer[:], k.opad[:])
-	copy(outer[sha256.BlockSize:], ih[:])
-	return sha256.Sum256(outer[:])
+func (k *tokenKey) mac(payload []byte, binding string) []byte {
+	m := hmac.New(sha256.New, k.key)
+	m.Write(payload)
+	m.Write([]byte(binding))
+	return m.Sum(nil)
 }
 
-// issue returns a token that expires at exp.
-func (k *tokenKey) issue(exp time.Time) (string, error) {
-	var raw [tokenRawLen]byte
+// issue returns a token for binding that expires at exp.
+func (k *tokenKey) issue(exp time.Time, binding string) (string, error) {
+	raw := make([]byte, tokenPayloadLen, tokenRawLen)
 	raw[0] = tokenVersion
 	binary.BigEndian.PutUint64(raw[1:9], uint64(exp.UnixNano()))
 	if _, err := rand.Read(raw[9:tokenPayloadLen]); err != nil {
 		return "", fmt.Errorf("reading random nonce: %w", err)
 	}
-	m := k.mac((*[tokenPayloadLen]byte)(raw[:tokenPayloadLen]))
-	copy(raw[tokenPayloadLen:], m[:])
-	return base64.RawURLEncoding.EncodeToString(raw[:]), nil
+	raw = append(raw, k.mac(raw, binding)...)
+	return base64.RawURLEncoding.EncodeToString(raw), nil
 }
 
-// verify returns the token's expiry in Unix nanoseconds and whether the
-// token is authentic. It does not look at the clock.
-func (k *tokenKey) verify(tok string) (int64, bool) {
+// verify returns the expiry of tok and whether it is authentic for
+// binding. It does not look at the clock.
+func (k *tokenKey) verify(tok, binding string) (time.Time, bool) {
 	if len(tok) != tokenLen {
-		return 0, false
+		return time.Time{}, false
 	}
-	slot := &k.seen[tok[tokenLen-1]%seenSlots]
-	if s := slot.Load(); s != nil && equalConstantTime(s.tok, tok) {
-		return s.exp, true
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(tok)
+	if err != nil || len(raw) != tokenRawLen || raw[0] != tokenVersion {
+		return time.Time{}, false
 	}
-	var raw [tokenRawLen]byte
-	if !decodeB64URL(raw[:], tok) {
-		return 0, false
+	if !hmac.Equal(k.mac(raw[:tokenPayloadLen], binding), raw[tokenPayloadLen:]) {
+		return time.Time{}, false
 	}
-	if raw[0] != tokenVersion {
-		return 0, false
-	}
-	m := k.mac((*[tokenPayloadLen]byte)(raw[:tokenPayloadLen]))
-	if subtle.ConstantTimeCompare(m[:], raw[tokenPayloadLen:]) != 1 {
-		return 0, false
-	}
-	exp := int64(binary.BigEndian.Uint64(raw[1:9]))
-	slot.Store(&seenToken{tok: tok, exp: exp})
-	return exp, true
-}
-
-// equalConstantTime reports whether a and b, of equal length, are equal,
-// in a time that does not depend on where they differ, as
-// subtle.ConstantTimeCompare does for byte slices (converting a 64-byte
-// string to one would allocate).
-func equalConstantTime(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	var d byte
-	for i := 0; i < len(a); i++ {
-		d |= a[i] ^ b[i]
-	}
-	return d == 0
-}
-
-// b64URLDecode maps base64url characters to their value, 0xff otherwise.
-var b64URLDecode = func() (t [256]byte) {
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-	for i := range t {
-		t[i] = 0xff
-	}
-	for i := 0; i < len(alphabet); i++ {
-		t[alphabet[i]] = byte(i)
-	}
-	return t
-}()
-
-// decodeB64URL decodes s, whose length is a multiple of 4, into dst
-// (len(s)*3/4 bytes) without converting s to a []byte.
-func decodeB64URL(dst []byte, s string) bool {
-	if len(s)%4 != 0 || len(dst) != len(s)/4*3 {
-		return false
-	}
-	for i, j := 0, 0; i < len(s); i, j = i+4, j+3 {
-		a, b, c, d := b64URLDecode[s[i]], b64URLDecode[s[i+1]], b64URLDecode[s[i+2]], b64URLDecode[s[i+3]]
-		if a|b|c|d == 0xff {
-			return false
-		}
-		v := uint32(a)<<18 | uint32(b)<<12 | uint32(c)<<6 | uint32(d)
-		dst[j], dst[j+1], dst[j+2] = byte(v>>16), byte(v>>8), byte(v)
-	}
-	return true
+	return time.Unix(0, int64(binary.BigEndian.Uint64(raw[1:9]))), true
 }
 
 // parseTokenTTL parses the X-aws-ec2-metadata-token-ttl-seconds value: ASCII
 // digits only (no sign, no spaces), 1..21600.
 func parseTokenTTL(s string) (int, bool) {
-	if s == "" || len(s) > 10 {
+	if s == "" || len(s) > 10 || strings.Trim(s, "0123456789") != "" {
 		return 0, false
 	}
-	n := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	if n < MinTokenTTL || n > MaxTokenTTL {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < MinTokenTTL || n > MaxTokenTTL {
 		return 0, false
 	}
 	return n, true

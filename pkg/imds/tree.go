@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,16 +43,14 @@ const (
 	kindListing                     // a directory listing given whole (public-keys/), not derived from its children
 )
 
-// response is a precomputed body with the header values that go with it;
-// header slices are shared, never modified.
+// response is a precomputed body and its Content-Type.
 type response struct {
 	body  []byte
-	clen  []string
-	ctype []string
+	ctype string
 }
 
-func newResponse(body []byte, ctype []string) response {
-	return response{body: body, clen: []string{strconv.Itoa(len(body))}, ctype: ctype}
+func newResponse(body []byte, ctype string) response {
+	return response{body: body, ctype: ctype}
 }
 
 type node struct {
@@ -205,10 +202,10 @@ func leaves(cfg Config, d derived, dir map[string][]byte) map[string]leaf {
 // listing shows only info and security-credentials/.
 var hidden = map[string]bool{"meta-data/iam/security-credentials-extended": true}
 
-var (
-	hdrTextPlain   = []string{"text/plain"}
-	hdrOctetStream = []string{"application/octet-stream"}
-	hdrTextHTML    = []string{"text/html"}
+const (
+	hdrTextPlain   = "text/plain"
+	hdrOctetStream = "application/octet-stream"
+	hdrTextHTML    = "text/html"
 )
 
 // build assembles the tree: one node per value and one listing per

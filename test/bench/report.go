@@ -81,10 +81,9 @@ func (r *results) markdown() string {
 	if std, bare, cred := r.summary(targetNetHTTP), r.summary(targetBare), r.summary(targetCred); cred.cpu > 0 {
 		d := func(s targetSummary) float64 { return float64((s.cpu - s.ceilCPU).Nanoseconds()) / 1000 }
 		p("\nWhere the credential GET's CPU per request differs from the ceiling's (%+.1f µs), from the diagnostic rows: "+
-			"the daemon's handler, imds.Server (token check, source and host checks, EC2's response headers), in pkg/httpserver, "+
-			"the server the daemon runs it in, %+.1f µs, where in net/http.Server it costs %+.1f µs (a goroutine per request watching "+
-			"the connection, a deadline armed and cleared around each request, the response headers copied and sorted); "+
-			"the rest of the daemon process (metrics observer, connection reaper, its other goroutines and larger heap) %+.1f µs.\n",
+			"the daemon's handler, imds.Server (token check, source and host checks, EC2's response headers), in the daemon's "+
+			"net/http.Server (its limits and connection tracking), %+.1f µs, and in a bare net/http.Server %+.1f µs; "+
+			"the rest of the daemon process (metrics observer, its other goroutines and larger heap) %+.1f µs.\n",
 			d(cred), d(bare), d(std), d(cred)-d(bare))
 	}
 	if lo, hi := r.ceilingSpread(); lo > 0 && hi/lo > 1.15 {
@@ -109,7 +108,7 @@ func (r *results) markdown() string {
 
 	rot := r.rotation
 	p("\n## Credential rotation under load\n\n")
-	p("`bench rotating` serves imds.Server (the daemon's handler) in pkg/httpserver, as the daemon does, with a source that replaces the credential set "+
+	p("`bench rotating` serves imds.Server (the daemon's handler) in the daemon's net/http.Server, as the daemon does, with a source that replaces the credential set "+
 		"every %v (each set expires 3 s after issue); `bench check`, in its own process with 8 connections, parses every "+
 		"document and checks Code, Type, key, secret and token non-empty, Expiration after the time of receipt; "+
 		"every 1000th request is a token PUT.\n\n", r.rotEvery)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/credentials"
-	"github.com/imds-shim/imds-shim/pkg/httpserver"
+	"github.com/imds-shim/imds-shim/pkg/daemon"
 	"github.com/imds-shim/imds-shim/pkg/imds"
 )
 
@@ -47,7 +47,7 @@ func (s *rotatingSource) rotate(life time.Duration) {
 }
 
 // rotatingMain serves imds.Server, the same handler the daemon runs, in
-// the daemon's pkg/httpserver (or, for comparison, net/http.Server), with
+// the daemon's HTTP server (daemon.NewHTTPServer with APILimits; or, for comparison, a bare net/http.Server), with
 // credentials that rotate every -every and expire -life after issue, so a
 // client that ever sees an expired or empty document proves a race in the
 // hand-over from one set to the next.
@@ -56,7 +56,7 @@ func rotatingMain(args []string) error {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	every := fs.Duration("every", time.Second, "rotation period")
 	life := fs.Duration("life", 3*time.Second, "lifetime of each set")
-	server := fs.String("server", "httpserver", "httpserver (as the daemon serves it) or net/http")
+	server := fs.String("server", "daemon", "daemon (as the daemon serves it) or net/http (bare)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,10 +79,10 @@ func rotatingMain(args []string) error {
 	}
 	announce(ln)
 	switch *server {
-	case "httpserver":
-		return (&httpserver.Server{Handler: srv}).Serve(ln)
+	case "daemon":
+		return daemon.NewHTTPServer(srv, daemon.APILimits, daemon.HTTPOptions{}).Serve(ln)
 	case "net/http":
 		return (&http.Server{Handler: srv}).Serve(ln)
 	}
-	return fmt.Errorf("-server %q: want httpserver or net/http", *server)
+	return fmt.Errorf("-server %q: want daemon or net/http", *server)
 }

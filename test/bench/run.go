@@ -27,7 +27,7 @@ const (
 	targetPut      = "imds-shim token PUT"
 	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
 	targetNetHTTP  = "diagnostic: imds.Server handler in net/http.Server"
-	targetBare     = "diagnostic: imds.Server handler in pkg/httpserver, without the daemon"
+	targetBare     = "diagnostic: imds.Server handler in the daemon's net/http.Server (with its limits), without the daemon"
 )
 
 // target is one server under load in the throughput rounds.
@@ -200,8 +200,9 @@ func runMain(args []string) error {
 		return err
 	}
 	// Diagnostic servers split the daemon's cost from the ceiling's:
-	// imds.Server, the daemon's handler, alone in pkg/httpserver (the
-	// daemon's server) and in net/http.Server.
+	// imds.Server, the daemon's handler, alone in the daemon's
+	// net/http.Server (daemon.NewHTTPServer, its limits and connection
+	// tracking) and in a bare net/http.Server.
 	bareProc, bareAddr, err := ps.startAnnounced(self, "imds.Server", "rotating", "-every", "1h", "-life", "2h")
 	if err != nil {
 		return err
