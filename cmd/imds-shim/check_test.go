@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/imds-shim/imds-shim/pkg/callers"
 )
 
 // problemKeys returns the key path each line of check's error names.
@@ -74,5 +76,41 @@ func TestCheckWarnsAboutReadableCredentials(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "reachable by processes on this host only") {
 		t.Errorf("check does not say who can reach the listener:\n%s", &out)
+	}
+}
+
+func TestCheckPrintsCallerTable(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte(`network: {manage: false}
+imds: {listen: '127.0.0.1:254'}
+role_arn: arn:aws:iam::123456789012:role/host
+roles:
+  - role_arn: arn:aws:iam::123456789012:role/backup
+    units: [backup.service]
+  - role_arn: arn:aws:iam::123456789012:role/web
+    users: [no-such-user-p1, "1001"]
+    groups: [web-p1-missing]
+    caller_source_identity: true
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-c", p, "--no-sts"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, &out, &errb)
+	}
+	for _, want := range []string{
+		"  roles[0]: backup <- units=backup.service\n",
+		"  roles[1]: web <- users=no-such-user-p1,1001 groups=web-p1-missing (a session per caller, sts:SourceIdentity = its name, at most 64)\n",
+		"  default:  host (host callers matching no entry; containers only through sources or this)\n",
+		"  unidentified: no role\n",
+		"cgroups:   " + callers.DetectLayout().Describe() + "\n",
+		`warning:   roles[1].users[0]: no user "no-such-user-p1" in /etc/passwd: it matches nobody` + "\n",
+		`warning:   roles[1].groups[0]: no group "web-p1-missing" in /etc/group: it matches nobody` + "\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, &out)
+		}
+	}
+	if !strings.Contains(out.String(), "identify:  ok (this process is seen as uid=") && !strings.Contains(out.String(), "caller identification self-test") {
+		t.Errorf("check does not report the identification self-test:\n%s", &out)
 	}
 }

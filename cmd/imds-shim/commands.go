@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/imds-shim/imds-shim/pkg/callers"
 	"github.com/imds-shim/imds-shim/pkg/config"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
 	"github.com/imds-shim/imds-shim/pkg/daemon"
@@ -38,12 +41,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, w := range c.FileWarnings(*cfgPath) {
 		fmt.Fprintf(stdout, "warning:   %s\n", w)
 	}
-	if !c.RoleARN.IsZero() {
-		fmt.Fprintf(stdout, "role:      %s\n", c.RoleARN)
-	}
-	for i, r := range c.Roles {
-		fmt.Fprintf(stdout, "roles[%d]:  %s\n", i, r.RoleARN)
-	}
+	printCallers(stdout, c)
 	fmt.Fprintf(stdout, "listener:  %s (tokens %s, hop limit %d)\n", c.IMDS.Listen, c.IMDS.Tokens, c.IMDS.HopLimit)
 	fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(c.IMDS.Listen))
 	if l := c.Metrics.Listen; l.IsValid() {
@@ -57,28 +55,101 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "network:   not managed; clients use AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%s/\n", c.IMDS.Listen)
 	}
-	if *noSTS {
-		return 0
+	if code := checkRolesAnywhere(stdout, stderr, c); code != 0 {
+		return code
 	}
-	if c.RoleARN.IsZero() {
-		fmt.Fprintf(stdout, "sts:       skipped: no top-level role_arn to try\n")
+	if *noSTS {
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.StartTimeout.D())
 	defer cancel()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	r, err := newCredentials(ctx, c, log, newMetrics(version))
-	if err == nil {
-		err = r.Fetch(ctx)
-	}
+	set, err := newCredentials(ctx, c, slog.New(slog.DiscardHandler), newMetrics(version), nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "imds-shim check: STS: %v\n", err)
 		return daemon.ExitCredentials
 	}
-	cur, _ := r.Current()
-	fmt.Fprintf(stdout, "sts:       ok: assumed %s, credentials expire %s (in %s)\n",
-		c.RoleARN.String(), cur.Expires.UTC().Format(time.RFC3339), time.Until(cur.Expires).Round(time.Second))
-	return 0
+	_ = set.Fetch(ctx) // each role's result is in the snapshot
+	code := 0
+	for _, r := range set.Snapshot().Roles {
+		switch {
+		case r.PerCaller:
+			fmt.Fprintf(stdout, "sts:       %s (%s): not tried: one session per caller, made on its first request\n", r.RoleARN, strings.Join(r.Entries, ", "))
+		case r.State != nil && r.State.Serving:
+			fmt.Fprintf(stdout, "sts:       ok: assumed %s (%s), credentials expire %s (in %s)\n", r.RoleARN, strings.Join(r.Entries, ", "),
+				r.State.Expires.UTC().Format(time.RFC3339), time.Until(r.State.Expires).Round(time.Second))
+		default:
+			msg := "no credentials"
+			if r.State != nil && r.State.LastError != "" {
+				msg = r.State.LastError
+			}
+			fmt.Fprintf(stderr, "imds-shim check: STS: %s (%s): %s\n", r.RoleARN, strings.Join(r.Entries, ", "), msg)
+			code = daemon.ExitCredentials
+		}
+	}
+	return code
+}
+
+// printCallers prints the caller table: which caller gets which role, and
+// what this host's cgroup layout and kernel let imds-shim tell apart.
+func printCallers(w io.Writer, c *config.Config) {
+	if !c.RoleARN.IsZero() {
+		fmt.Fprintf(w, "role:      %s\n", c.RoleARN)
+	}
+	if len(c.Roles) == 0 {
+		fmt.Fprintf(w, "callers:   every caller gets role_arn (no roles entries)\n")
+		return
+	}
+	fmt.Fprintf(w, "callers:   first matching entry wins:\n")
+	for i, r := range c.Roles {
+		var m []string
+		add := func(k string, v []string) {
+			if len(v) > 0 {
+				m = append(m, k+"="+strings.Join(v, ","))
+			}
+		}
+		add("units", r.Units)
+		add("users", r.Users)
+		add("groups", r.Groups)
+		var src []string
+		for _, p := range r.Sources {
+			src = append(src, p.String())
+		}
+		add("sources", src)
+		extra := ""
+		if r.CallerSourceIdentity {
+			extra = fmt.Sprintf(" (a session per caller, sts:SourceIdentity = its name, at most %d)", r.MaxCallerSessions)
+		}
+		fmt.Fprintf(w, "  roles[%d]: %s <- %s%s\n", i, r.RoleARN.Name, strings.Join(m, " "), extra)
+	}
+	if c.RoleARN.IsZero() {
+		fmt.Fprintf(w, "  default:  no role (callers matching no entry get 404)\n")
+	} else {
+		fmt.Fprintf(w, "  default:  %s (host callers matching no entry; containers only through sources or this)\n", c.RoleARN.Name)
+	}
+	if c.Unidentified == "default" {
+		fmt.Fprintf(w, "  unidentified: the default role (unidentified: default)\n")
+	} else {
+		fmt.Fprintf(w, "  unidentified: no role\n")
+	}
+	l := callers.DetectLayout()
+	fmt.Fprintf(w, "cgroups:   %s\n", l.Describe())
+	id := callers.NewIdentifier()
+	defer id.Close()
+	if me, err := id.SelfTest(); err != nil {
+		fmt.Fprintf(w, "warning:   caller identification self-test: %v\n", err)
+	} else {
+		fmt.Fprintf(w, "identify:  ok (this process is seen as %s)\n", me)
+	}
+	if pol, err := callerPolicy(c); err == nil {
+		if !l.Units() && pol.UsesUnits() {
+			fmt.Fprintf(w, "warning:   roles: units entries match nothing on a cgroup v1 host\n")
+		}
+		for _, u := range pol.Unresolved() {
+			fmt.Fprintf(w, "warning:   %s\n", u)
+		}
+	} else {
+		fmt.Fprintf(w, "warning:   roles: %v\n", err)
+	}
 }
 
 // indent prefixes every line of s with two spaces.
@@ -134,7 +205,9 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	if st.LastReloadError != "" {
 		fmt.Fprintf(w, "last reload: REJECTED: %s\n", st.LastReloadError)
 	}
-	fmt.Fprintf(w, "role:        %s\n", st.RoleARN)
+	if st.RoleARN != "" {
+		fmt.Fprintf(w, "role:        %s\n", st.RoleARN)
+	}
 	fmt.Fprintf(w, "listener:    %s (tokens %s, hop limit %d)\n", st.Listen, st.Tokens, st.HopLimit)
 	if st.CredentialsError != "" {
 		fmt.Fprintf(w, "credentials: NONE: %s\n", st.CredentialsError)
@@ -142,12 +215,10 @@ func printStatus(w io.Writer, st *daemon.Status) {
 		fmt.Fprintf(w, "credentials: ok, expire %s\n", st.CredentialsExpire)
 	}
 	if b, err := json.Marshal(st.Credentials); err == nil {
-		var cs credentials.State
-		if json.Unmarshal(b, &cs) == nil {
-			fmt.Fprintf(w, "refresh:     last %s, next %s, attempts %d, failures %d\n",
-				fmtTime(cs.LastRefresh), fmtTime(cs.NextRefresh), cs.Attempts, cs.Failures)
-			if cs.LastError != "" {
-				fmt.Fprintf(w, "last error:  %s (%s) at %s\n", cs.LastError, cs.LastErrorClass, fmtTime(cs.LastErrorAt))
+		var ss credentials.SetStatus
+		if json.Unmarshal(b, &ss) == nil {
+			for _, r := range ss.Roles {
+				printRole(w, r)
 			}
 		}
 	}
@@ -162,6 +233,35 @@ func printStatus(w io.Writer, st *daemon.Status) {
 		var ns netredirect.Status
 		if json.Unmarshal(b, &ns) == nil {
 			fmt.Fprintf(w, "network:\n%s", indent(ns.String()))
+		}
+	}
+}
+
+// printRole prints one credential set of `imds-shim status`.
+func printRole(w io.Writer, r credentials.RoleStatus) {
+	fmt.Fprintf(w, "role %s (%s): %d callers served\n", r.Role, strings.Join(r.Entries, ", "), r.Callers)
+	states := map[string]credentials.State{}
+	if r.State != nil {
+		states[""] = *r.State
+	} else {
+		fmt.Fprintf(w, "  sessions:  %d of at most %d (one per caller)\n", r.Sessions, r.MaxSessions)
+		states = r.Session
+	}
+	for _, caller := range slices.Sorted(maps.Keys(states)) {
+		cs := states[caller]
+		who := ""
+		if caller != "" {
+			who = "  caller " + caller + ":"
+		}
+		if cs.Serving {
+			fmt.Fprintf(w, "  %s ok, expires %s; refresh: last %s, next %s, attempts %d, failures %d\n", who,
+				fmtTime(cs.Expires), fmtTime(cs.LastRefresh), fmtTime(cs.NextRefresh), cs.Attempts, cs.Failures)
+		} else {
+			fmt.Fprintf(w, "  %s FAILING: no credentials; next attempt %s, attempts %d, failures %d\n", who,
+				fmtTime(cs.NextRefresh), cs.Attempts, cs.Failures)
+		}
+		if cs.LastError != "" {
+			fmt.Fprintf(w, "  %s last error: %s (%s) at %s\n", who, cs.LastError, cs.LastErrorClass, fmtTime(cs.LastErrorAt))
 		}
 	}
 }

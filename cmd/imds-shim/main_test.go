@@ -84,7 +84,7 @@ func TestMetricsObserver(t *testing.T) {
 	}
 	m.Request("token", 400)
 	m.Request("unexpected-class", 999)
-	m.RefreshFailed("throttling")
+	m.roleObserver("host").RefreshFailed("throttling")
 	m.Repaired("address")
 	m.CredentialsUnavailable(errors.New("x"))
 	if got := testutil.ToFloat64(m.requests.WithLabelValues("credentials", "200")); got != 3 {
@@ -93,13 +93,14 @@ func TestMetricsObserver(t *testing.T) {
 	if got := testutil.ToFloat64(m.requests.WithLabelValues("unexpected-class", "999")); got != 1 {
 		t.Errorf("odd class counted %v", got)
 	}
-	if got := testutil.ToFloat64(m.failures.WithLabelValues("throttling")); got != 1 {
+	if got := testutil.ToFloat64(m.failures.WithLabelValues("host", "throttling")); got != 1 {
 		t.Errorf("failures = %v", got)
 	}
 	if got := testutil.ToFloat64(m.unavailable); got != 1 {
 		t.Errorf("unavailable = %v", got)
 	}
-	if n, err := testutil.GatherAndCount(m.reg, "imds_shim_credentials_expiry_seconds", "imds_shim_build_info"); err != nil || n != 2 {
+	// No credential set yet: no role's expiry to report.
+	if n, err := testutil.GatherAndCount(m.reg, "imds_shim_credentials_expiry_seconds", "imds_shim_build_info"); err != nil || n != 1 {
 		t.Errorf("gather: %d %v", n, err)
 	}
 	m.ConnectionOpened()

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/imds-shim/imds-shim/pkg/credentials"
 	"github.com/imds-shim/imds-shim/pkg/daemon"
 )
 
@@ -18,13 +19,13 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	tokens      prometheus.Counter
 	unavailable prometheus.Counter
-	attempts    prometheus.Counter
+	attempts    *prometheus.CounterVec
 	failures    *prometheus.CounterVec
 	stsLatency  prometheus.Histogram
 	repairs     *prometheus.CounterVec
 	conns       prometheus.Gauge
 	connsClosed *prometheus.CounterVec
-	engine      atomic.Pointer[daemon.CredentialEngine]
+	set         atomic.Pointer[credentials.Set]
 }
 
 func newMetrics(version string) *metrics {
@@ -39,12 +40,12 @@ func newMetrics(version string) *metrics {
 		Name: "imds_shim_credentials_unavailable_total",
 		Help: "Credential requests answered with an error because no valid credentials existed.",
 	})
-	m.attempts = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "imds_shim_refresh_attempts_total", Help: "STS calls made to obtain credentials.",
-	})
+	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_shim_refresh_attempts_total", Help: "STS calls made to obtain credentials, by role.",
+	}, []string{"role"})
 	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "imds_shim_refresh_failures_total", Help: "Failed STS calls by error class.",
-	}, []string{"reason"})
+		Name: "imds_shim_refresh_failures_total", Help: "Failed STS calls by role and error class.",
+	}, []string{"role", "reason"})
 	m.stsLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "imds_shim_sts_request_duration_seconds", Help: "Latency of STS calls.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
@@ -63,10 +64,7 @@ func newMetrics(version string) *metrics {
 	for _, r := range daemon.ClosedReasons {
 		m.connsClosed.WithLabelValues(r)
 	}
-	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "imds_shim_credentials_expiry_seconds",
-		Help: "Seconds until the served credentials expire; 0 when none are served.",
-	}, m.secondsToExpiry)
+	expiry := expiryCollector{m}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "imds_shim_build_info", Help: "Always 1; labelled with the version.",
 		ConstLabels: prometheus.Labels{"version": version},
@@ -98,28 +96,54 @@ func (m *metrics) TokenIssued() { m.tokens.Inc() }
 // CredentialsUnavailable implements imds.Observer.
 func (m *metrics) CredentialsUnavailable(error) { m.unavailable.Inc() }
 
+// roleObserver is the credentials.Observer of one credential set, whose
+// events are counted under its role label.
+func (m *metrics) roleObserver(label string) credentials.Observer {
+	return roleObserver{m: m, role: label, attempts: m.attempts.WithLabelValues(label)}
+}
+
+type roleObserver struct {
+	m        *metrics
+	role     string
+	attempts prometheus.Counter
+}
+
 // RefreshAttempt implements credentials.Observer.
-func (m *metrics) RefreshAttempt() { m.attempts.Inc() }
+func (o roleObserver) RefreshAttempt() { o.attempts.Inc() }
 
 // RefreshFailed implements credentials.Observer.
-func (m *metrics) RefreshFailed(class string) { m.failures.WithLabelValues(class).Inc() }
+func (o roleObserver) RefreshFailed(class string) { o.m.failures.WithLabelValues(o.role, class).Inc() }
 
 // STSLatency implements credentials.Observer.
-func (m *metrics) STSLatency(d time.Duration) { m.stsLatency.Observe(d.Seconds()) }
+func (o roleObserver) STSLatency(d time.Duration) { o.m.stsLatency.Observe(d.Seconds()) }
 
 // Repaired implements netredirect.Observer.
 func (m *metrics) Repaired(what string) { m.repairs.WithLabelValues(what).Inc() }
 
-func (m *metrics) setEngine(e daemon.CredentialEngine) { m.engine.Store(&e) }
+func (m *metrics) setSet(s *credentials.Set) { m.set.Store(s) }
 
-func (m *metrics) secondsToExpiry() float64 {
-	p := m.engine.Load()
-	if p == nil {
-		return 0
+// expiryDesc is imds_shim_credentials_expiry_seconds{role}.
+var expiryDesc = prometheus.NewDesc("imds_shim_credentials_expiry_seconds",
+	"Seconds until the served credentials of each role expire; 0 when the role serves none "+
+		"(for a per-caller role: its latest session's).", []string{"role"}, nil)
+
+// expiryCollector reports, at each scrape, every role of the Set serving
+// now: the roles come and go with reloads.
+type expiryCollector struct{ m *metrics }
+
+func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.m.set.Load()
+	if s == nil {
+		return
 	}
-	c, err := (*p).Current()
-	if err != nil {
-		return 0
+	now := time.Now()
+	for role, exp := range s.Expiry() {
+		v := 0.0
+		if !exp.IsZero() {
+			v = max(exp.Sub(now).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, v, role)
 	}
-	return time.Until(c.Expires).Seconds()
 }

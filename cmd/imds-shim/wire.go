@@ -9,13 +9,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/imds-shim/imds-shim/pkg/callers"
 	"github.com/imds-shim/imds-shim/pkg/config"
+	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
 	"github.com/imds-shim/imds-shim/pkg/credentials"
 	"github.com/imds-shim/imds-shim/pkg/daemon"
 	"github.com/imds-shim/imds-shim/pkg/imds"
@@ -27,10 +31,17 @@ import (
 // connects the real components to the daemon.
 
 func credentialsConfig(c *config.Config) credentials.Config {
+	return assumeConfig(c, c.RoleARN, c.AssumeRole)
+}
+
+// assumeConfig is the refresher configuration of one role with its
+// AssumeRole options (the top level's, or a roles entry's with the top
+// level's filled in by pkg/config).
+func assumeConfig(c *config.Config, role awsarn.Role, a config.AssumeRole) credentials.Config {
 	cc := credentials.Config{
-		RoleARN: c.RoleARN.String(), SessionName: c.SessionName, Duration: c.Duration.D(), ExternalID: c.ExternalID,
-		Policy: c.Policy, PolicyARNs: c.PolicyARNs, Tags: c.Tags, TransitiveTagKeys: c.TransitiveTagKeys,
-		SourceIdentity: c.SourceIdentity, Region: c.Region, STSEndpoint: c.STSEndpoint, Profile: c.Profile,
+		RoleARN: role.String(), SessionName: a.SessionName, Duration: a.Duration.D(), ExternalID: a.ExternalID,
+		Policy: a.Policy, PolicyARNs: a.PolicyARNs, Tags: a.Tags, TransitiveTagKeys: a.TransitiveTagKeys,
+		SourceIdentity: a.SourceIdentity, Region: c.Region, STSEndpoint: c.STSEndpoint, Profile: c.Profile,
 		CredentialsFile: c.CredentialsFile, ConfigFile: c.ConfigFile, WebIdentityTokenFile: c.WebIdentityTokenFile,
 	}
 	if cc.SessionName == "" {
@@ -38,6 +49,43 @@ func credentialsConfig(c *config.Config) credentials.Config {
 		cc.SessionName = credentials.DefaultSessionName(host)
 	}
 	return cc
+}
+
+// defaultRoleKey is the Set's key of the top-level role_arn.
+const defaultRoleKey = "role_arn"
+
+// credentialRoles lists the credential sets of c: the top-level role (if
+// any) and each roles entry, keyed by their YAML key. Source is the source
+// files' digest, so that a rotated key builds new refreshers on reload.
+func credentialRoles(c *config.Config) []credentials.Role {
+	var out []credentials.Role
+	if !c.RoleARN.IsZero() {
+		out = append(out, credentials.Role{Key: defaultRoleKey, Config: credentialsConfig(c), Source: c.SourceFingerprint})
+	}
+	for i, r := range c.Roles {
+		out = append(out, credentials.Role{
+			Key: fmt.Sprintf("roles[%d]", i), Config: assumeConfig(c, r.RoleARN, r.AssumeRole), Source: c.SourceFingerprint,
+			PerCaller: r.CallerSourceIdentity, MaxCallers: r.MaxCallerSessions,
+		})
+	}
+	return out
+}
+
+// callerPolicy is the caller table of c; nil without roles, when every
+// caller gets the top-level role as before.
+func callerPolicy(c *config.Config) (*callers.Policy, error) {
+	if len(c.Roles) == 0 {
+		return nil, nil
+	}
+	entries := make([]callers.Entry, len(c.Roles))
+	for i, r := range c.Roles {
+		entries[i] = callers.Entry{Role: fmt.Sprintf("roles[%d]", i), Units: r.Units, Users: r.Users, Groups: r.Groups, Sources: r.Sources}
+	}
+	def := callers.Default{Unidentified: c.Unidentified == "default"}
+	if !c.RoleARN.IsZero() {
+		def.Role = defaultRoleKey
+	}
+	return callers.NewPolicy(entries, def)
 }
 
 // imdsConfig builds the handler's configuration. It reads
@@ -52,6 +100,9 @@ func imdsConfig(c *config.Config) (imds.Config, error) {
 		MAC: m.MAC, Architecture: m.Architecture, InstanceProfileARN: m.InstanceProfileARN, Tags: m.Tags,
 		MetadataDir: c.IMDS.MetadataDir, PublicKeys: m.PublicKeys, ReservationID: m.ReservationID,
 		SecurityGroups: m.SecurityGroups, RootDeviceName: m.RootDeviceName,
+	}
+	for _, r := range c.Roles {
+		ic.Roles = append(ic.Roles, r.RoleARN.String())
 	}
 	if m.UserData != "" {
 		ic.UserData = []byte(m.UserData)
@@ -93,12 +144,16 @@ func networkConfig(c *config.Config) netredirect.Config {
 // rebuild: each component's own Config, built by the functions above.
 func components(c *config.Config) daemon.Components {
 	comp := daemon.Components{
-		// The SDK reads the source files once per client, so a rotated
-		// key in an unchanged path is a change too.
+		// Every credential set and the caller table: a change builds a
+		// new Set, which keeps the refreshers whose Role is unchanged.
+		// Each Role carries the source files' digest: the SDK reads them
+		// once per client, so a rotated key in an unchanged path is a
+		// change too.
 		Credentials: struct {
-			credentials.Config
-			Fingerprint string
-		}{credentialsConfig(c), c.SourceFingerprint},
+			Roles        []credentials.Role
+			Matchers     []config.Role
+			Unidentified string
+		}{credentialRoles(c), c.Roles, c.Unidentified},
 	}
 	if c.ManageNetwork() {
 		comp.Network = networkConfig(c)
@@ -143,6 +198,9 @@ func (noCredentials) Current() (credentials.Credentials, error) {
 // from. The SDK reads them once per client, so a rotated key in an
 // unchanged path must still count as a change on reload.
 func sourceFingerprint(c *config.Config) string {
+	if fp, ok := rolesAnywhereFingerprint(c); ok {
+		return fp
+	}
 	files := []string{c.CredentialsFile, c.ConfigFile}
 	if home, err := os.UserHomeDir(); err == nil {
 		if files[0] == "" {
@@ -169,21 +227,95 @@ func (h handler) Update(c *config.Config, creds daemon.CredentialEngine) error {
 	if err != nil {
 		return err
 	}
-	return h.Server.Update(ic, creds)
+	return h.Server.Update(ic, handlerSource(c, creds))
 }
+
+// handlerSource is what the handler reads credentials from: with roles, a
+// per-caller view of the Set; without, the engine itself, as before.
+func handlerSource(c *config.Config, creds daemon.CredentialEngine) imds.CredentialSource {
+	if set, ok := creds.(*credentials.Set); ok && len(c.Roles) > 0 {
+		return perCaller{set}
+	}
+	return creds
+}
+
+// perCaller implements imds.Roles: the request's caller, identified once
+// per connection, gets the role the Set's policy gives it.
+type perCaller struct{ set *credentials.Set }
+
+func (p perCaller) Current() (credentials.Credentials, error) { return p.set.Current() }
+
+func (p perCaller) RoleFor(r *http.Request) (string, imds.CredentialSource, bool) {
+	arn, src, ok := p.set.For(callerOf(r.Context()))
+	if !ok {
+		return "", nil, false
+	}
+	return arn, src, true
+}
+
+// lazyCaller is the context key of a connection's identification.
+type lazyCaller struct{}
+
+// identifyLazily is the API server's ConnContext. net/http calls
+// ConnContext in its accept loop, so identifying there would make every
+// cache miss's cgroup walk delay accepting; instead the context carries a
+// function that identifies the connection once, in the connection's own
+// goroutine, on the first request that needs it (a token, a role).
+func identifyLazily(id *callers.Identifier) func(context.Context, net.Conn) context.Context {
+	return func(ctx context.Context, c net.Conn) context.Context {
+		return context.WithValue(ctx, lazyCaller{}, sync.OnceValue(func() identified {
+			caller := id.Identify(c)
+			return identified{caller, caller.Key()}
+		}))
+	}
+}
+
+// identified is a connection's caller and its key, computed once.
+type identified struct {
+	caller callers.Caller
+	key    string
+}
+
+var notIdentified = identified{callers.Caller{Reason: "not identified"}, callers.Caller{}.Key()}
+
+func identifiedOf(ctx context.Context) identified {
+	if f, ok := ctx.Value(lazyCaller{}).(func() identified); ok {
+		return f()
+	}
+	return notIdentified
+}
+
+// callerOf returns the caller of a request's connection; Unidentified when
+// the connection was not identified (never someone else).
+func callerOf(ctx context.Context) callers.Caller { return identifiedOf(ctx).caller }
+
+// tokenBinding binds IMDSv2 tokens to the caller's identity (its uid and
+// unit, or a container's address), roles or not: a token that leaks to
+// another user or service is refused with 401.
+func tokenBinding(r *http.Request) string { return identifiedOf(r.Context()).key }
 
 // network adapts *netredirect.Redirector to daemon.Network and StatusReporter.
 type network struct{ *netredirect.Redirector }
 
 func (n network) Status(ctx context.Context) (any, error) { return n.Redirector.Status(ctx) }
 
-func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *metrics) (*credentials.Refresher, error) {
-	cc := credentialsConfig(c)
-	client, err := credentials.NewSTSClient(ctx, cc)
+// newCredentials builds the Set of c's roles; prev is the running one on a
+// reload (its unchanged refreshers are kept), nil at start.
+func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *metrics, prev *credentials.Set) (*credentials.Set, error) {
+	pol, err := callerPolicy(c)
 	if err != nil {
 		return nil, err
 	}
-	return credentials.New(cc, client, credentials.Options{Logger: log.With("component", "credentials"), Observer: m})
+	return credentials.NewSet(ctx, credentialRoles(c), credentials.SetOptions{
+		Options:     credentials.Options{Logger: log.With("component", "credentials")},
+		NewObserver: m.roleObserver,
+		Policy:      pol,
+		Previous:    prev,
+		AuditLog:    log, // the line reads "caller uid=… unit=… role=… access_key_id=…"
+		NewClient: func(ctx context.Context, cc credentials.Config) (credentials.STSAPI, error) {
+			return stsClientFor(ctx, cc, c)
+		},
+	})
 }
 
 // productionDeps connects the real components. first and firstErr are the
@@ -192,6 +324,7 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 // the file again.
 func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config.Config, firstErr error) (daemon.Deps, error) {
 	m := newMetrics(version)
+	sharedRolesAnywhere.attach(log, m.reg)
 	key, err := []byte(nil), os.MkdirAll(rtDir, 0o700)
 	if err == nil {
 		key, err = imds.LoadOrCreateTokenKey(filepath.Join(rtDir, "token.key"))
@@ -202,6 +335,8 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 		key = nil
 	}
 	var loaded atomic.Bool
+	var running atomic.Pointer[credentials.Set] // the Set serving now
+	id := callers.NewIdentifier()
 	return daemon.Deps{
 		Log:          log,
 		ConnObserver: m,
@@ -222,7 +357,7 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 			return netredirect.Cleanup(ctx, log.With("component", "netredirect"))
 		},
 		NewCredentials: func(ctx context.Context, c *config.Config) (daemon.CredentialEngine, error) {
-			return newCredentials(ctx, c, log, m)
+			return newCredentials(ctx, c, log, m, running.Load())
 		},
 		Components: components,
 		NewNetwork: func(c *config.Config) (daemon.Network, error) {
@@ -237,7 +372,7 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 			if err != nil {
 				return nil, err
 			}
-			s, err := imds.NewServer(ic, creds, imds.Options{Logger: log.With("component", "imds"), Observer: m, TokenKey: key})
+			s, err := imds.NewServer(ic, handlerSource(c, creds), imds.Options{Logger: log.With("component", "imds"), Observer: m, TokenKey: key, TokenBinding: tokenBinding})
 			if err != nil {
 				return nil, err
 			}
@@ -248,12 +383,18 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 		},
 		AllowUnprivilegedPort: func(c *config.Config) bool { return c.IMDS.AllowUnprivilegedPort },
 		MetricsHandler:        promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}),
-		OnCredentials:         m.setEngine,
-		Notifier:              daemon.SystemdNotifier{},
-		Watchdog:              daemon.WatchdogInterval(),
-		Endpoint:              daemon.EndpointAddr,
-		ControlSocket:         filepath.Join(rtDir, "control.sock"),
-		Version:               version,
+		OnCredentials: func(e daemon.CredentialEngine) {
+			if s, ok := e.(*credentials.Set); ok {
+				running.Store(s)
+				m.setSet(s)
+			}
+		},
+		ConnContext:   identifyLazily(id),
+		Notifier:      daemon.SystemdNotifier{},
+		Watchdog:      daemon.WatchdogInterval(),
+		Endpoint:      daemon.EndpointAddr,
+		ControlSocket: filepath.Join(rtDir, "control.sock"),
+		Version:       version,
 	}, nil
 }
 
@@ -265,5 +406,13 @@ func logWarnings(log *slog.Logger, c *config.Config, path string) {
 	}
 	for _, w := range c.FileWarnings(path) {
 		log.Warn("file permissions: "+w, "config", path)
+	}
+	if pol, err := callerPolicy(c); err == nil && pol != nil {
+		for _, u := range pol.Unresolved() {
+			log.Warn(u, "config", path)
+		}
+		if l := callers.DetectLayout(); !l.Units() && pol.UsesUnits() {
+			log.Warn("roles: units entries match nothing on this host: "+l.Describe(), "config", path)
+		}
 	}
 }

@@ -26,12 +26,13 @@ const (
 	ClassInvalidRequest    = "invalid_request"    // MalformedPolicyDocument, PackedPolicyTooLarge, ValidationError
 	ClassRegionDisabled    = "region_disabled"    // STS not activated in this region
 	ClassWebIdentity       = "web_identity"       // token file unreadable, or its JWT rejected/expired
+	ClassCertificate       = "certificate"        // roles_anywhere certificate or key unreadable, mismatched, expired
 )
 
 // permanent reports whether a class needs an operator rather than a retry.
 func permanent(class string) bool {
 	switch class {
-	case ClassAccessDenied, ClassSourceCredentials, ClassInvalidRequest, ClassRegionDisabled, ClassWebIdentity:
+	case ClassAccessDenied, ClassSourceCredentials, ClassInvalidRequest, ClassRegionDisabled, ClassWebIdentity, ClassCertificate:
 		return true
 	}
 	return false
@@ -51,6 +52,11 @@ func (e *tokenFileError) Unwrap() error { return e.err }
 // classify maps an STS call's error to a class. API error codes come first,
 // as they are the most specific; then the HTTP status, then transport errors.
 func classify(err error) string {
+	// Errors of the Roles Anywhere source know their class.
+	var own interface{ errorClass() string }
+	if errors.As(err, &own) {
+		return own.errorClass()
+	}
 	var (
 		tf  *tokenFileError
 		ir  *invalidResponseError

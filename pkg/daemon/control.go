@@ -33,8 +33,9 @@ func (d *daemon) startMetrics(ctx context.Context, addr string) (*HTTPServer, er
 }
 
 // healthz answers 200 when the daemon serves valid credentials on its
-// listener and through 169.254.169.254, and 503 with the reason when it does
-// not, so that fleet monitoring sees an STS outage before the last good
+// listener and through 169.254.169.254 (for at least one role; the body
+// names the roles that have none: "degraded: …"), and 503 with the reason
+// when it does not, so that fleet monitoring sees an STS outage before the last good
 // credentials run out, and a redirect that no longer reaches us.
 func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 	d.mu.Lock()
@@ -42,9 +43,13 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 	d.mu.Unlock()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if _, err := creds.Current(); err != nil {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
-		return
+		// An engine that can say which roles fail and names none only has
+		// per-caller roles no caller has asked for yet: nothing is wrong.
+		if f, ok := creds.(failingReporter); !ok || len(f.Failing()) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
+			return
+		}
 	}
 	if err := d.probe(context.Background()); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -56,6 +61,18 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "unhealthy: %s\n", oneLine(err))
 		return
+	}
+	// Some roles serve, others fail: 200, naming them. A restart (what a
+	// 503 to a watchdog or load balancer leads to) cannot make STS accept
+	// a role it refuses, and would take the serving roles down with it.
+	if f, ok := creds.(failingReporter); ok {
+		if failing := f.Failing(); len(failing) > 0 {
+			fmt.Fprintf(w, "degraded: %d role(s) without credentials (their callers get 500):\n", len(failing))
+			for _, r := range failing {
+				fmt.Fprintf(w, "  %s\n", oneLine(errors.New(r)))
+			}
+			return
+		}
 	}
 	fmt.Fprintln(w, "ok")
 }

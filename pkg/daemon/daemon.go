@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,7 +161,7 @@ func Run(ctx context.Context, path string, deps Deps, reload <-chan Reload) (err
 		d.notify("STATUS=start-up failed: " + oneLine(err))
 		return err
 	}
-	d.log.Info("ready", "role_arn", d.cfg.RoleARN, "listen", d.ln.Addr().String(), "network", d.cfg.ManageNetwork())
+	d.log.Info("ready", "roles", roleList(d.cfg), "listen", d.ln.Addr().String(), "network", d.cfg.ManageNetwork())
 	d.notify("READY=1\nSTATUS=" + d.statusLine())
 	d.loop(ctx, reload)
 	return d.stop()
@@ -273,12 +274,12 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		return exitErr(ExitNetwork, "removing leftovers of an earlier run: %w", err)
 	}
 
-	d.notify("STATUS=fetching first credentials for " + cfg.RoleARN.String())
+	d.notify("STATUS=fetching first credentials for " + roleList(cfg))
 	fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
 	err = creds.Fetch(fctx)
 	cancel()
 	if err != nil {
-		return exitErr(ExitCredentials, "fetching first credentials for %s within %s: %w", cfg.RoleARN, cfg.StartTimeout.D(), err)
+		return exitErr(ExitCredentials, "fetching first credentials for %s within %s: %w", roleList(cfg), cfg.StartTimeout.D(), err)
 	}
 
 	if network != nil {
@@ -474,9 +475,49 @@ func (d *daemon) statusLine() string {
 	d.mu.Unlock()
 	c, err := creds.Current()
 	if err != nil {
-		return fmt.Sprintf("serving %s; no valid credentials: %s", cfg.RoleARN.Name, oneLine(err))
+		return fmt.Sprintf("serving %s; no valid credentials: %s", roleNames(cfg), oneLine(err))
+	}
+	if f, ok := creds.(failingReporter); ok {
+		if failing := f.Failing(); len(failing) > 0 {
+			return fmt.Sprintf("serving %s; %d failing: %s", roleNames(cfg), len(failing), oneLine(errors.New(strings.Join(failing, "; "))))
+		}
+	}
+	if len(cfg.Roles) > 0 {
+		return fmt.Sprintf("serving %s", roleNames(cfg))
 	}
 	return fmt.Sprintf("serving %s; credentials expire %s", cfg.RoleARN.Name, c.Expires.UTC().Format(time.RFC3339))
+}
+
+// failingReporter is an engine that can name the roles it cannot serve
+// (credentials.Set), for /healthz and the status line.
+type failingReporter interface{ Failing() []string }
+
+// roleList names every configured role by ARN, for logs.
+func roleList(cfg *config.Config) string {
+	var s []string
+	if !cfg.RoleARN.IsZero() {
+		s = append(s, cfg.RoleARN.String())
+	}
+	for _, r := range cfg.Roles {
+		if a := r.RoleARN.String(); !slices.Contains(s, a) {
+			s = append(s, a)
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+// roleNames names every configured role by name, for the status line.
+func roleNames(cfg *config.Config) string {
+	var s []string
+	if !cfg.RoleARN.IsZero() {
+		s = append(s, cfg.RoleARN.Name)
+	}
+	for _, r := range cfg.Roles {
+		if !slices.Contains(s, r.RoleARN.Name) {
+			s = append(s, r.RoleARN.Name)
+		}
+	}
+	return strings.Join(s, ", ")
 }
 
 // roleName is the role's name as clients see it under security-credentials/.

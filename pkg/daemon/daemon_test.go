@@ -139,6 +139,19 @@ func (c *fakeCreds) Current() (credentials.Credentials, error) {
 	return credentials.Credentials{AccessKeyID: "AKID", RoleARN: c.role, Expires: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, nil
 }
 
+// Failing names the roles the test says fail, as credentials.Set does.
+func (c *fakeCreds) Failing() []string {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	var out []string
+	for _, k := range []string{"current", "failing"} {
+		if err := c.w.fail[k]; err != nil && (k != "current" || c.w.fail["on-demand"] == nil) {
+			out = append(out, err.Error())
+		}
+	}
+	return out
+}
+
 type fakeNet struct {
 	w    *world
 	link string
@@ -590,6 +603,17 @@ func TestHealthz(t *testing.T) {
 				w.setFail("current", credentials.ErrNoCredentials)
 				check(503, "unhealthy: no valid credentials")
 				w.setFail("current", nil)
+				check(200, "ok")
+				// One role failing while another serves: 200, naming it
+				// (a restart would not make STS accept it).
+				w.setFail("failing", errors.New("web (roles[0]): AccessDenied"))
+				check(200, "degraded: 1 role(s) without credentials (their callers get 500):\n  web (roles[0]): AccessDenied")
+				w.setFail("failing", nil)
+				check(200, "ok")
+				// Only per-caller roles, no caller yet: no credentials, but
+				// nothing fails either.
+				w.setFail("current", credentials.ErrNoCredentials)
+				w.setFail("on-demand", errors.New("sessions are made on demand"))
 				check(200, "ok")
 			}
 		})

@@ -23,4 +23,12 @@
 // released); and the watchdog and /healthz probe the listener and the
 // endpoint with a one-time challenge only this process can answer, so
 // they fail when anything else answers there.
+//
+// The credential engine is one value for every configured role
+// (credentials.Set in production). Start fails with ExitCredentials only
+// when the engine's Fetch fails, which for a Set means no role serves. An
+// engine that names its failing roles (Failing) keeps /healthz at 200 with
+// those roles listed while at least one serves: a restart cannot make STS
+// accept a role. On a reload the new engine takes over the refreshers it
+// shares with the old one (Acquire) before the old one's loop stops.
 package daemon

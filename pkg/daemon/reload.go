@@ -31,7 +31,7 @@ func (d *daemon) reload(ctx context.Context) {
 	if err != nil {
 		d.log.Error("reload rejected; the previous configuration keeps running", "config", d.path, "err", err)
 	} else {
-		d.log.Info("reloaded", "config", d.path, "role_arn", d.cfg.RoleARN.String())
+		d.log.Info("reloaded", "config", d.path, "roles", roleList(d.cfg))
 	}
 	d.notify("READY=1\nSTATUS=" + d.statusLine())
 }
@@ -54,11 +54,18 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		if newCreds, err = d.deps.NewCredentials(ctx, cfg); err != nil {
 			return fmt.Errorf("preparing credentials: %w", err)
 		}
+		defer func() {
+			// A rejected reload: stop what only the new engine started
+			// (per-caller sessions made while its handler was up).
+			if dc, ok := newCreds.(discarder); ok && err != nil {
+				dc.Discard()
+			}
+		}()
 		fctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout.D())
 		err = newCreds.Fetch(fctx)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("fetching first credentials for %s: %w", cfg.RoleARN.String(), err)
+			return fmt.Errorf("fetching first credentials for %s: %w", roleList(cfg), err)
 		}
 	}
 
@@ -129,6 +136,11 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	}
 	if newCreds != creds {
 		d.switched(newCreds)
+		// A new engine that shares refreshers with the old one takes
+		// them over before the old one stops, so they never pause.
+		if a, ok := newCreds.(acquirer); ok {
+			a.Acquire()
+		}
 		old := d.credsRun
 		d.credsRun = startRunner(ctx, d.log, "credentials", newCreds.Run)
 		old.stop()
@@ -148,6 +160,14 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	}
 	return nil
 }
+
+// acquirer is an engine (credentials.Set) that can take over the
+// refreshers it shares with the engine it replaces before that one stops.
+type acquirer interface{ Acquire() }
+
+// discarder is an engine that can release what it started without ever
+// having run (credentials.Set), for a rejected reload.
+type discarder interface{ Discard() }
 
 // listenerHandover is how long an old listener keeps accepting after the
 // redirect moved to the new one: far longer than a SYN takes on this host.

@@ -43,7 +43,14 @@ const (
 type Config struct {
 	// RoleARN is the one role served (arn:PARTITION:iam::ACCOUNT:role/PATH/NAME).
 	// Its last path element is the name listed under security-credentials/.
+	// With Roles it is the role of callers that match no entry, and may
+	// be empty.
 	RoleARN string
+	// Roles are the ARNs of the per-caller roles (the configuration's
+	// `roles`). When set, the credential source must implement Roles, and
+	// each caller sees only the role it names; the first one stands in
+	// for RoleARN where the host needs one (partition, defaults).
+	Roles []string
 	// TokenMode is "required" (the default when empty) or "optional".
 	TokenMode TokenMode
 	// HopLimit is the IP TTL for Listen, 1..64; 0 means DefaultHopLimit.
@@ -140,6 +147,15 @@ type roleARN struct {
 	partition, account, path, name string
 }
 
+// primaryRole is the role the host's own metadata derives from: RoleARN,
+// else the first of Roles.
+func (c Config) primaryRole() string {
+	if c.RoleARN == "" && len(c.Roles) > 0 {
+		return c.Roles[0]
+	}
+	return c.RoleARN
+}
+
 // parseRoleARN parses s with the one role ARN parser (awsarn.ParseRole).
 func parseRoleARN(s string) (roleARN, error) {
 	r, err := awsarn.ParseRole(s)
@@ -157,8 +173,15 @@ func parseRoleARN(s string) (roleARN, error) {
 func (c Config) Validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if _, err := parseRoleARN(c.RoleARN); err != nil {
-		add("RoleARN: %w", err)
+	if c.RoleARN != "" || len(c.Roles) == 0 {
+		if _, err := parseRoleARN(c.RoleARN); err != nil {
+			add("RoleARN: %w", err)
+		}
+	}
+	for i, a := range c.Roles {
+		if _, err := parseRoleARN(a); err != nil {
+			add("Roles[%d]: %w", i, err)
+		}
 	}
 	switch c.TokenMode {
 	case "", TokenRequired, TokenOptional:

@@ -1,5 +1,5 @@
-// Package imds serves the EC2 instance metadata service (IMDS) API for one
-// configured IAM role, as an http.Handler, so that unmodified AWS SDKs and
+// Package imds serves the EC2 instance metadata service (IMDS) API, as an
+// http.Handler, so that unmodified AWS SDKs and
 // the AWS CLI on an on-prem host find credentials, region and instance
 // metadata exactly as they would on EC2.
 //
@@ -26,6 +26,18 @@
 // Credentials are read through CredentialSource and never fetched on the
 // request path. The credential documents are rendered once per credential
 // set.
+//
+// Without Config.Roles every caller gets Config.RoleARN, as on EC2. With
+// Roles, the CredentialSource also implements Roles and is asked, for each
+// request under meta-data/iam/ and for the identity document, which role the
+// request's caller gets (the daemon identifies the caller once per
+// connection and keeps it in the connection's context). Each role's answers
+// (listing, iam/info with an instance profile ARN derived from the role, the
+// identity document's accountId) are rendered when the configuration is
+// applied. A caller sees only its own role: the listing names exactly it,
+// another name is 404, and a caller with no role gets 404 under iam/, as an
+// EC2 instance without an instance profile. Tokens are bound to the caller
+// through Options.TokenBinding.
 //
 // Listen wraps a TCP listener so that every accepted connection carries the
 // configured IP TTL / IPv6 hop limit, like EC2's PUT response hop limit.

@@ -24,6 +24,16 @@ type CredentialSource interface {
 	Current() (credentials.Credentials, error)
 }
 
+// Roles gives each caller its own role (the configuration's `roles`). A
+// CredentialSource that also implements Roles is asked, on each request
+// under meta-data/iam/ and for the identity document, which role the
+// request's caller gets; it must answer from memory.
+type Roles interface {
+	// RoleFor returns the ARN of the role r's caller gets and the source
+	// of its credentials; ok is false when the caller gets no role.
+	RoleFor(r *http.Request) (arn string, src CredentialSource, ok bool)
+}
+
 // Observer receives what the handler does, for metrics. Implementations
 // must be safe for concurrent use and fast; class is one of the Class*
 // constants.
@@ -96,11 +106,27 @@ type Server struct {
 type state struct {
 	cfg      Config
 	src      CredentialSource
+	roles    Roles // nil: one role for every caller
 	required bool
 	tree     tree
 	d        derived
 	hosts    []string
+	single   *roleView            // the one role, without Roles
+	views    map[string]*roleView // by ARN, with Roles
+	iamDir   *node                // meta-data/iam's listing, with Roles
+	// metaNoIAM is meta-data/'s listing for a caller without a role.
+	metaNoIAM response
+}
+
+// roleView is what one role's callers see under meta-data/iam/ and in the
+// identity document, rendered when the configuration is applied.
+type roleView struct {
+	arn      string
+	name     string
+	d        derived // with this role's ARN, profile and account
+	listing  response
 	infoFall response // iam/info while no credentials are available
+	identity response // the generated identity document
 	docs     atomic.Pointer[credDocs]
 }
 
@@ -179,7 +205,8 @@ func (s *Server) newState(cfg Config, src CredentialSource) (*state, error) {
 			return nil, err
 		}
 	}
-	t, err := build(leaves(cfg, d, dir))
+	l := leaves(cfg, d, dir)
+	t, err := build(l)
 	if err != nil {
 		return nil, fmt.Errorf("building metadata tree: %w", err)
 	}
@@ -190,7 +217,54 @@ func (s *Server) newState(cfg Config, src CredentialSource) (*state, error) {
 		tree:     t,
 		d:        d,
 		hosts:    cfg.AllowedHosts,
-		infoFall: newResponse(iamInfo(d, now), hdrTextPlain),
+	}
+	view := func(arn string) (*roleView, error) {
+		rd := d
+		role, err := parseRoleARN(arn)
+		if err != nil {
+			return nil, err
+		}
+		rd.role = role
+		if arn != cfg.RoleARN || cfg.InstanceProfileARN == "" {
+			rd.profileARN = "arn:" + role.partition + ":iam::" + role.account + ":instance-profile" + role.path + role.name
+		}
+		if arn != cfg.RoleARN || cfg.InstanceProfileID == "" {
+			rd.profileID = defaultInstanceProfileID(arn)
+		}
+		v := &roleView{arn: arn, name: role.name, d: rd,
+			listing:  newResponse([]byte(role.name), hdrTextPlain),
+			infoFall: newResponse(iamInfo(rd, now), hdrTextPlain)}
+		if n := t["dynamic/instance-identity/document"]; n != nil {
+			v.identity = n.resp
+			if n.kind == kindIdentity {
+				v.identity = newResponse(identityDocument(rd, l), hdrTextPlain)
+			}
+		}
+		return v, nil
+	}
+	if r, ok := src.(Roles); ok && len(cfg.Roles) > 0 {
+		st.roles = r
+		st.views = map[string]*roleView{}
+		st.iamDir = &node{kind: kindIAMDir, resp: t["meta-data/iam"].resp}
+		var kept []string
+		for l := range strings.SplitSeq(string(t["meta-data"].resp.body), "\n") {
+			if l != "iam/" {
+				kept = append(kept, l)
+			}
+		}
+		st.metaNoIAM = newResponse([]byte(strings.Join(kept, "\n")), hdrTextPlain)
+		for _, arn := range append([]string{cfg.RoleARN}, cfg.Roles...) {
+			if arn == "" || st.views[arn] != nil {
+				continue
+			}
+			if st.views[arn], err = view(arn); err != nil {
+				return nil, err
+			}
+		}
+		return st, nil
+	}
+	if st.single, err = view(cfg.RoleARN); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -204,10 +278,10 @@ func iamInfo(d derived, updated time.Time) []byte {
 	})
 }
 
-func (st *state) render(c credentials.Credentials) *credDocs {
+func (v *roleView) render(c credentials.Credentials) *credDocs {
 	account := c.AccountID
 	if account == "" {
-		account = st.d.role.account
+		account = v.d.role.account
 	}
 	fields := []jsonField{
 		{"Code", str("Success")},
@@ -222,7 +296,7 @@ func (st *state) render(c credentials.Credentials) *credDocs {
 		creds:    c,
 		legacy:   newResponse(renderJSON(fields), hdrTextPlain),
 		extended: newResponse(renderJSON(append(fields, jsonField{"AccountId", str(account)})), hdrTextPlain),
-		info:     newResponse(iamInfo(st.d, c.LastUpdated), hdrTextPlain),
+		info:     newResponse(iamInfo(v.d, c.LastUpdated), hdrTextPlain),
 	}
 }
 
@@ -239,10 +313,11 @@ var (
 	errNoRole     = errors.New("credential set is for a different role")
 )
 
-// credentials returns the rendered documents for the source's current set,
-// or the reason there is none to serve.
-func (s *Server) credentials(st *state, now time.Time) (*credDocs, error) {
-	c, err := st.src.Current()
+// credentials returns the rendered documents for src's current set, or the
+// reason there is none to serve. One rendering is kept per role: callers of
+// a per-caller role that alternate re-render, which costs only time.
+func (s *Server) credentials(v *roleView, src CredentialSource, now time.Time) (*credDocs, error) {
+	c, err := src.Current()
 	if err != nil {
 		return nil, err
 	}
@@ -251,15 +326,64 @@ func (s *Server) credentials(st *state, now time.Time) (*credDocs, error) {
 		return nil, errIncomplete
 	case !c.Expires.After(now):
 		return nil, errExpired
-	case c.RoleARN != "" && c.RoleARN != st.cfg.RoleARN:
+	case c.RoleARN != "" && c.RoleARN != v.arn:
 		return nil, errNoRole
 	}
-	docs := st.docs.Load()
+	docs := v.docs.Load()
 	if docs == nil || !sameCreds(&docs.creds, &c) {
-		docs = st.render(c)
-		st.docs.Store(docs)
+		docs = v.render(c)
+		v.docs.Store(docs)
 	}
 	return docs, nil
+}
+
+// The nodes under meta-data/iam/ with Roles: what each caller sees there
+// depends on its role, so they are answered per request.
+var (
+	nodeIAMInfo     = &node{kind: kindIAMInfo}
+	nodeRoleListing = &node{kind: kindRoleListing}
+	nodeCredentials = &node{kind: kindCredentials}
+	nodeExtended    = &node{kind: kindExtended}
+)
+
+// iamNode returns the node for rest, a path under meta-data/iam, and the
+// role name it asks for.
+func (st *state) iamNode(rest string) (*node, string) {
+	p, ok := strings.CutPrefix(rest, "meta-data/iam")
+	switch {
+	case !ok:
+		return nil, ""
+	case p == "":
+		return st.iamDir, ""
+	case p == "/info":
+		return nodeIAMInfo, ""
+	case p == "/security-credentials", p == "/security-credentials-extended":
+		return nodeRoleListing, ""
+	}
+	if name, ok := strings.CutPrefix(p, "/security-credentials/"); ok && name != "" && !strings.Contains(name, "/") {
+		return nodeCredentials, name
+	}
+	if name, ok := strings.CutPrefix(p, "/security-credentials-extended/"); ok && name != "" && !strings.Contains(name, "/") {
+		return nodeExtended, name
+	}
+	return nil, ""
+}
+
+// role returns the view and credential source of r's caller; nil when the
+// caller gets no role.
+func (st *state) role(r *http.Request) (*roleView, CredentialSource) {
+	if st.roles == nil {
+		return st.single, st.src
+	}
+	arn, src, ok := st.roles.RoleFor(r)
+	if !ok {
+		return nil, nil
+	}
+	v := st.views[arn]
+	if v == nil || src == nil {
+		return nil, nil // a role the configuration did not announce: none
+	}
+	return v, src
 }
 
 // warnEvery rate-limits the "credentials unavailable" log; the observer
@@ -493,20 +617,50 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 	if !known {
 		return class, s.fail(w, r, http.StatusNotFound)
 	}
-	n := st.tree[rest]
+	var n *node
+	reqRole := "" // the role name a credentials path asks for
+	if st.roles != nil && class == ClassCredentials {
+		n, reqRole = st.iamNode(rest)
+	} else {
+		n = st.tree[rest]
+	}
 	if n == nil {
 		return class, s.fail(w, r, http.StatusNotFound)
 	}
-	switch n.kind {
-	case kindStatic:
+	if n.kind == kindStatic && rest == "meta-data" && st.roles != nil {
+		// EC2 lists iam/ only on an instance with a profile.
+		if v, _ := st.role(r); v == nil {
+			return class, s.write(w, r, http.StatusOK, st.metaNoIAM)
+		}
+	}
+	if n.kind == kindStatic {
 		return class, s.write(w, r, http.StatusOK, n.resp)
-	case kindIAMInfo:
-		if docs, err := s.credentials(st, now); err == nil {
+	}
+	if n.kind == kindIdentity && st.roles == nil {
+		return class, s.write(w, r, http.StatusOK, n.resp)
+	}
+	v, src := st.role(r)
+	switch {
+	case n.kind == kindIdentity && v == nil:
+		return class, s.write(w, r, http.StatusOK, n.resp) // the top-level role's, or the first's
+	case n.kind == kindIdentity:
+		return class, s.write(w, r, http.StatusOK, v.identity)
+	case v == nil:
+		// No role for this caller: EC2 without an instance profile.
+		return class, s.fail(w, r, http.StatusNotFound)
+	case n.kind == kindIAMDir:
+		return class, s.write(w, r, http.StatusOK, n.resp)
+	case n.kind == kindRoleListing:
+		return class, s.write(w, r, http.StatusOK, v.listing)
+	case n.kind == kindIAMInfo:
+		if docs, err := s.credentials(v, src, now); err == nil {
 			return class, s.write(w, r, http.StatusOK, docs.info)
 		}
-		return class, s.write(w, r, http.StatusOK, st.infoFall)
+		return class, s.write(w, r, http.StatusOK, v.infoFall)
+	case st.roles != nil && reqRole != v.name:
+		return class, s.fail(w, r, http.StatusNotFound) // another caller's role
 	}
-	docs, err := s.credentials(st, now)
+	docs, err := s.credentials(v, src, now)
 	if err != nil {
 		// 500, never 200 with Code Success: every SDK treats it as "no
 		// credentials" (botocore after its attempts, Go retries then

@@ -41,6 +41,9 @@ const (
 	kindExtended                    // security-credentials-extended/<role>
 	kindIAMInfo                     // iam/info (LastUpdated follows the credentials)
 	kindListing                     // a directory listing given whole (public-keys/), not derived from its children
+	kindIdentity                    // the generated identity document (its accountId follows the caller's role)
+	kindRoleListing                 // iam/security-credentials/ with Roles: the caller's role name
+	kindIAMDir                      // iam/ with Roles: listed only to a caller that has a role
 )
 
 // response is a precomputed body and its Content-Type.
@@ -86,7 +89,7 @@ type derived struct {
 }
 
 func resolve(cfg Config, host HostFacts, now time.Time) (derived, error) {
-	role, err := parseRoleARN(cfg.RoleARN)
+	role, err := parseRoleARN(cfg.primaryRole())
 	if err != nil {
 		return derived{}, err
 	}
@@ -122,7 +125,7 @@ func resolve(cfg Config, host HostFacts, now time.Time) (derived, error) {
 	}
 	d.profileARN = firstNonEmpty(cfg.InstanceProfileARN,
 		"arn:"+role.partition+":iam::"+role.account+":instance-profile"+role.path+role.name)
-	d.profileID = firstNonEmpty(cfg.InstanceProfileID, defaultInstanceProfileID(cfg.RoleARN))
+	d.profileID = firstNonEmpty(cfg.InstanceProfileID, defaultInstanceProfileID(cfg.primaryRole()))
 	return d, nil
 }
 
@@ -190,7 +193,7 @@ func leaves(cfg Config, d derived, dir map[string][]byte) map[string]leaf {
 	}
 	const doc = "dynamic/instance-identity/document"
 	if _, ok := l[doc]; !ok {
-		l[doc] = leaf{data: identityDocument(d, l)}
+		l[doc] = leaf{kind: kindIdentity, data: identityDocument(d, l)}
 	}
 	l["meta-data/iam/info"] = leaf{kind: kindIAMInfo}
 	l["meta-data/iam/security-credentials/"+d.role.name] = leaf{kind: kindCredentials}
@@ -264,7 +267,7 @@ func build(l map[string]leaf) (tree, error) {
 			continue
 		}
 		n := &node{kind: v.kind}
-		if v.kind == kindStatic {
+		if v.kind == kindStatic || v.kind == kindIdentity {
 			ct := hdrTextPlain
 			if p == "user-data" {
 				ct = hdrOctetStream
