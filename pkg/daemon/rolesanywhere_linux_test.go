@@ -414,7 +414,7 @@ func TestServeRolesAnywhere(t *testing.T) {
 	if code := d.wait(t); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM:\n%s", code, d.stderr)
 	}
-	if diff := cmp.Diff(before, netState(t)); diff != "" {
+	if diff := before.Diff(netState(t)); diff != "" {
 		t.Errorf("namespace changed by a serve/stop cycle (-before +after):\n%s", diff)
 	}
 	// Neither the key nor a served secret reaches the logs or status.
