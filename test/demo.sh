@@ -27,6 +27,12 @@ fi
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ip link set lo up
 work=$(mktemp -d /tmp/imds-shim-demo.XXXXXX)
+# The project's state comparison (pkg/internal/hoststate): links (imds0
+# included), addresses, iptables of both backends and sysctls, as facts.
+hoststate=$work/hoststate
+if [ -n "${IMDS_SHIM_HOSTSTATE:-}" ]; then cp "$IMDS_SHIM_HOSTSTATE" "$hoststate"
+else (cd "$(dirname "$0")/.." && go build -o "$hoststate" ./pkg/internal/hoststate/cmd/hoststate); fi
+"$hoststate" snapshot > "$work/before.json"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -86,6 +92,10 @@ done
 say "stopping imds-shim (SIGTERM)"
 kill -TERM "$daemon"
 wait "$daemon" && echo "exit status 0"
-say "left behind: address on lo, and iptables rules (both empty)"
-ip -4 addr show dev lo | grep 169.254 || echo "no 169.254.169.254 on lo"
-{ iptables-save 2>/dev/null; iptables-legacy-save 2>/dev/null; } | grep -i imds || echo "no imds-shim rules"
+say "left behind: links (imds0), addresses, iptables rules and sysctls compared with before the start"
+if "$hoststate" diff "$work/before.json" - ; then
+  echo "nothing: the namespace is as it was before imds-shim started"
+else
+  echo "demo: the lines above are what imds-shim left behind" >&2
+  exit 1
+fi

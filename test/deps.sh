@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 
 # iptables/iproute2: the kernel tests; awscli: the AWS CLI v2 client tests;
 # systemd-container, mmdebstrap, lintian, rpm, rpmlint: packaging and the
-# booted-systemd end-to-end test; wrk: benchmarks; amazon-ec2-utils: its
+# booted-systemd end-to-end test; qemu-system-x86 and e2fsprogs: the
+# stock-kernel suite (Debian's kernel under QEMU/TCG, its image built with
+# mmdebstrap and mkfs.ext4); wrk: benchmarks; amazon-ec2-utils: its
 # ec2-metadata tool, a client test in pkg/imds. python3 with moto, boto3
 # and the AWS CLI v1 come with the machine image.
-apt_pkgs=(iptables iproute2 awscli curl systemd-container mmdebstrap lintian rpm rpmlint wrk amazon-ec2-utils)
+apt_pkgs=(iptables iproute2 awscli curl systemd-container mmdebstrap lintian rpm rpmlint wrk amazon-ec2-utils qemu-system-x86 e2fsprogs)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -64,6 +64,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "network:   not managed; clients use AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%s/\n", c.IMDS.Listen)
 	}
+	if code := checkRolesAnywhere(stdout, stderr, c); code != 0 {
+		return code
+	}
 	if *noSTS {
 		return 0
 	}

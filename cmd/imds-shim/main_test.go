@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -123,25 +125,48 @@ func TestMetricsObserver(t *testing.T) {
 }
 
 // TestSourceFingerprint: rotating the key inside an unchanged
-// credentials_file must count as a credential change on reload.
+// credentials_file must count as a credential change on reload, and the
+// fingerprint, which is compared and may be logged, carries no part of the
+// file: not the secret as such nor hex- or base64-encoded, and its size does
+// not follow the file's.
 func TestSourceFingerprint(t *testing.T) {
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "credentials")
 	cfg := filepath.Join(dir, "c.yaml")
-	os.WriteFile(cfg, []byte("role_arn: arn:aws:iam::123456789012:role/app\ncredentials_file: "+creds+"\nnetwork: {manage: false}\n"), 0o600)
-	os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIAOLD\naws_secret_access_key = old\n"), 0o600)
-	a, err := loadConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
+	const secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+	write := func(p, body string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	b, _ := loadConfig(cfg)
-	os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIANEW\naws_secret_access_key = new\n"), 0o600)
-	c, _ := loadConfig(cfg)
-	if a.SourceFingerprint == "" || a.SourceFingerprint != b.SourceFingerprint || a.SourceFingerprint == c.SourceFingerprint {
-		t.Errorf("fingerprints: same file %q/%q, rotated %q", a.SourceFingerprint, b.SourceFingerprint, c.SourceFingerprint)
+	load := func() string {
+		t.Helper()
+		c, err := loadConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.SourceFingerprint
 	}
-	if strings.Contains(a.SourceFingerprint, "old") {
-		t.Error("the fingerprint carries file content")
+	write(cfg, "role_arn: arn:aws:iam::123456789012:role/app\ncredentials_file: "+creds+"\nnetwork: {manage: false}\n")
+	write(creds, "[default]\naws_access_key_id = AKIAOLD\naws_secret_access_key = "+secret+"\n")
+	a, b := load(), load()
+	write(creds, "[default]\naws_access_key_id = AKIANEW\naws_secret_access_key = new\n")
+	c := load()
+	if a == "" || a != b || a == c {
+		t.Errorf("fingerprints: same file %q/%q, rotated %q", a, b, c)
+	}
+	for name, enc := range map[string]string{"as is": secret, "hex": hex.EncodeToString([]byte(secret)),
+		"base64": base64.StdEncoding.EncodeToString([]byte(secret)), "base64url": base64.RawURLEncoding.EncodeToString([]byte(secret))} {
+		for _, part := range []string{enc, enc[:len(enc)/2], enc[len(enc)/2:]} {
+			if strings.Contains(a, part) {
+				t.Errorf("the fingerprint %q carries the secret (%s)", a, name)
+			}
+		}
+	}
+	write(creds, "[default]\naws_access_key_id = AKIABIG\naws_secret_access_key = "+strings.Repeat(secret, 50)+"\n")
+	if big := load(); len(big) != len(a) {
+		t.Errorf("the fingerprint grows with the file (%d bytes, then %d): it carries content", len(a), len(big))
 	}
 }
 

@@ -198,6 +198,9 @@ func (noCredentials) Current() (credentials.Credentials, error) {
 // from. The SDK reads them once per client, so a rotated key in an
 // unchanged path must still count as a change on reload.
 func sourceFingerprint(c *config.Config) string {
+	if fp, ok := rolesAnywhereFingerprint(c); ok {
+		return fp
+	}
 	files := []string{c.CredentialsFile, c.ConfigFile}
 	if home, err := os.UserHomeDir(); err == nil {
 		if files[0] == "" {
@@ -309,6 +312,9 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 		Policy:      pol,
 		Previous:    prev,
 		AuditLog:    log, // the line reads "caller uid=… unit=… role=… access_key_id=…"
+		NewClient: func(ctx context.Context, cc credentials.Config) (credentials.STSAPI, error) {
+			return stsClientFor(ctx, cc, c)
+		},
 	})
 }
 
@@ -318,6 +324,7 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 // the file again.
 func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config.Config, firstErr error) (daemon.Deps, error) {
 	m := newMetrics(version)
+	sharedRolesAnywhere.attach(log, m.reg)
 	key, err := []byte(nil), os.MkdirAll(rtDir, 0o700)
 	if err == nil {
 		key, err = imds.LoadOrCreateTokenKey(filepath.Join(rtDir, "token.key"))

@@ -22,6 +22,16 @@
 //     dual-stack AF_INET6 socket connected to a v4 address (Java's) is found
 //     by the AF_INET request on current kernels; if not, the request is
 //     repeated as AF_INET6 with ::ffff:-mapped addresses.
+//     If no socket has the address the listener sees but that address is
+//     local, netfilter may have remapped the caller's source port: a
+//     connection through the DNAT whose reply tuple a connection made
+//     straight to the listener from the same address and port already holds
+//     (the daemon's own probe makes those) gets another source port. One
+//     exact ctnetlink IPCTNL_MSG_CT_GET request keyed on the reply tuple then
+//     gives the connection's original tuple, the caller's own address and
+//     port, and the socket is looked up under it. Without it the same caller
+//     would be Unidentified on one connection and itself on the next, and an
+//     IMDSv2 token bound on one would be refused (401) on the other.
 //  3. The cgroup id is the inode number of the cgroup's directory in the
 //     cgroup2 hierarchy (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
 //     hosts): a walk of that hierarchy maps it to a path, cached and walked
@@ -64,7 +74,8 @@
 // cgroup id. The exact request here is about 5 µs whatever the number of
 // sockets (BenchmarkIdentify), so this package builds the request on
 // golang.org/x/sys/unix itself. SO_PEERCRED, the other obvious way, does not
-// work for TCP.
+// work for TCP. Likewise its conntrack calls (ConntrackTableList) only dump
+// the whole table; the remap case above needs one exact CT_GET.
 //
 // # Matching
 //

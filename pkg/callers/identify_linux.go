@@ -19,6 +19,7 @@ type Identifier struct {
 	layout  Layout
 	diag    *nlPool
 	route   *nlPool
+	ct      *nlPool
 	cgroups *cgroupResolver
 	users   *userDB
 }
@@ -34,6 +35,7 @@ func newIdentifier(l Layout) *Identifier {
 		layout: l,
 		diag:   &nlPool{proto: unix.NETLINK_SOCK_DIAG},
 		route:  &nlPool{proto: unix.NETLINK_ROUTE},
+		ct:     &nlPool{proto: unix.NETLINK_NETFILTER},
 		users:  newUserDB(),
 	}
 	if l.Root != "" {
@@ -49,6 +51,7 @@ func (id *Identifier) Layout() Layout { return id.layout }
 func (id *Identifier) Close() error {
 	id.diag.close()
 	id.route.close()
+	id.ct.close()
 	return nil
 }
 
@@ -65,6 +68,14 @@ func (id *Identifier) Close() error {
 //     cookie and cgroup id. A v6 socket connected to a v4 address (Java's
 //     dual-stack sockets) is asked for again as ::ffff:-mapped AF_INET6.
 //  3. The cgroup id is resolved to a path, and the path to a systemd unit.
+//
+// When no socket of this host has c's remote address but the peer is local,
+// netfilter may have given the connection another source port than the
+// caller's socket has (it does when a connection through the DNAT would
+// share its reply tuple with one made straight to the listener, such as the
+// daemon's own probe, from the same address and port). Conntrack then
+// still records the caller's own address: it is asked for the connection's
+// original tuple, and the socket is looked up under that.
 //
 // The kernel answers for a caller that has already closed with a stub that
 // carries uid 0: a socket with inode 0, one without the cgroup attribute, and
@@ -103,12 +114,19 @@ func (id *Identifier) Identify(c net.Conn) Caller {
 		caller.Reason = "reading the original destination: " + derr.Error()
 		return caller
 	}
-	return id.identify(remote, dst)
+	return id.identifyAt(local, remote, dst)
 }
 
-// identify is Identify after the original destination is known.
+// identify is Identify after the original destination is known, for a
+// connection whose listener address is not known (so conntrack is not
+// asked).
 func (id *Identifier) identify(remote, dst netip.AddrPort) Caller {
-	caller := Caller{Source: remote}
+	return id.identifyAt(netip.AddrPort{}, remote, dst)
+}
+
+// find looks up the caller's socket: the one whose address is remote and
+// whose peer is dst.
+func (id *Identifier) find(remote, dst netip.AddrPort) (diagAnswer, error) {
 	family := uint8(unix.AF_INET6)
 	if remote.Addr().Is4() {
 		family = unix.AF_INET
@@ -123,18 +141,40 @@ func (id *Identifier) identify(remote, dst netip.AddrPort) Caller {
 		// container.
 		a, err = id.diag.lookup(unix.AF_INET6, remote, dst)
 	}
+	return a, err
+}
+
+// identifyAt identifies the caller at remote of a connection to dst that
+// the listener accepted at listener ("" when unknown).
+func (id *Identifier) identifyAt(listener, remote, dst netip.AddrPort) Caller {
+	caller := Caller{Source: remote}
+	a, err := id.find(remote, dst)
 	switch {
 	case errors.Is(err, errNotFound):
 		local, lerr := id.route.isLocal(remote.Addr())
 		switch {
 		case lerr != nil:
 			caller.Reason = "deciding whether the peer is local: " + lerr.Error()
-		case local:
-			caller.Reason = "caller's socket not found (closed)"
-		default:
+			return caller
+		case !local:
 			caller.Kind = Source
+			return caller
 		}
-		return caller
+		// A local peer whose socket is not at remote: either it has
+		// closed, or netfilter remapped its source port.
+		src, odst, ok, reason := id.remapped(listener, remote)
+		if !ok {
+			caller.Reason = reason
+			return caller
+		}
+		if a, err = id.find(src, odst); err != nil {
+			caller.Reason = "caller's socket not found (closed)"
+			if !errors.Is(err, errNotFound) {
+				caller.Reason = "asking the kernel about the caller's socket: " + err.Error()
+			}
+			return caller
+		}
+		caller.Source = src
 	case err != nil:
 		caller.Reason = "asking the kernel about the caller's socket: " + err.Error()
 		return caller
@@ -167,6 +207,30 @@ func (id *Identifier) identify(remote, dst netip.AddrPort) Caller {
 	caller.User, caller.GID, caller.HasGID, caller.Group = ui.name, ui.gid, ui.hasGID, ui.group
 	caller.Kind = Host
 	return caller
+}
+
+// remapped asks conntrack for the original tuple of the connection the
+// listener's socket at listener has with remote. ok is true when netfilter
+// changed the caller's source port: src is then the caller's own address,
+// dst the one it connected to. Otherwise reason says why the caller stays
+// unidentified.
+func (id *Identifier) remapped(listener, remote netip.AddrPort) (src, dst netip.AddrPort, ok bool, reason string) {
+	const closed = "caller's socket not found (closed)"
+	if !listener.IsValid() {
+		return src, dst, false, closed
+	}
+	src, dst, err := id.ct.conntrackOrigin(listener, remote)
+	switch {
+	case errors.Is(err, errNotFound):
+		return src, dst, false, closed // not NATed: the caller has closed
+	case err != nil:
+		return src, dst, false, closed + "; asking conntrack for its source: " + err.Error()
+	case src.Addr().Unmap() != remote.Addr().Unmap() || src.Port() == remote.Port():
+		// The source address never changes on the OUTPUT path; only a
+		// different port says the socket may be elsewhere.
+		return src, dst, false, closed
+	}
+	return netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()), true, ""
 }
 
 func addrPort(a net.Addr) (netip.AddrPort, bool) {

@@ -542,3 +542,72 @@ func TestIdentifyDualStackListener(t *testing.T) {
 		t.Fatalf("caller = %+v, want host uid 0 from 169.254.169.254", c)
 	}
 }
+
+// TestIdentifyNATPortClash: a connection made straight to the listener and
+// one made through the DNAT from the same source address and port would have
+// the same reply tuple, so netfilter gives the second one another source port
+// (implicit source-port remapping). The daemon's own probe of its listener
+// makes such connections. The listener then sees a port that the caller's
+// socket does not have; the caller must still be found, as itself.
+func TestIdentifyNATPortClash(t *testing.T) {
+	e := setupNet(t)
+	reuse := func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+		return serr
+	}
+	// A first connection through the DNAT shows which source address
+	// callers of 169.254.169.254 get.
+	first, err := net.Dial("tcp4", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := mustAddrPort(first.LocalAddr()).Addr()
+	first.Close()
+	if c, err := e.ln4.Accept(); err == nil {
+		c.Close()
+	}
+	var local *net.TCPAddr
+	var direct net.Conn
+	for try := 0; direct == nil; try++ {
+		// Straight to the DNAT's target, from local.
+		local = &net.TCPAddr{IP: src.AsSlice(), Port: 40000 + rand.IntN(20000)}
+		direct, err = (&net.Dialer{LocalAddr: local, Control: reuse}).Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", e.port))
+		if err != nil && try == 10 {
+			t.Fatal(err)
+		}
+	}
+	defer direct.Close()
+	srvDirect, err := e.ln4.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvDirect.Close()
+
+	// Through the DNAT, from the same address and port.
+	nat, err := (&net.Dialer{LocalAddr: local, Control: reuse}).Dial("tcp4", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nat.Close()
+	conn, err := e.ln4.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	seen := mustAddrPort(conn.RemoteAddr())
+	if seen.Port() == uint16(local.Port) {
+		t.Fatalf("the listener saw the caller's own port %d: no clash, the test proves nothing", local.Port)
+	}
+	t.Logf("the caller's port %d reached the listener as %d", local.Port, seen.Port())
+	c := e.id.Identify(conn)
+	if c.Kind != Host || c.UID != 0 || c.Inode == 0 {
+		t.Fatalf("caller = %+v, want host uid 0", c)
+	}
+	if want := mustAddrPort(nat.LocalAddr()); c.Source != want {
+		t.Errorf("source = %s, want the caller's own address %s", c.Source, want)
+	}
+	if k, want := c.Key(), e.id.Identify(srvDirect).Key(); k != want {
+		t.Errorf("key %q, want %q as for its other connection", k, want)
+	}
+}

@@ -44,21 +44,25 @@ var (
 // Bounds on everything a file can grow. Each is documented in
 // packaging/imds-shim.example.yaml and README.md.
 const (
-	MaxFileBytes         = 1 << 20 // the configuration file itself
-	MaxRoles             = 100     // roles
-	MaxMatchers          = 64      // each of roles[].units, users, groups, sources
-	MaxCallerSessions    = 1024    // roles[].max_caller_sessions
-	MaxAllowedCIDRs      = 64      // imds.allowed_cidrs
-	MaxContainers        = 32      // network.containers
-	MaxMetadataTags      = 50      // metadata.tags (EC2's limit per resource)
-	MaxPublicKeys        = 50      // metadata.public_keys
-	MaxSecurityGroups    = 16      // metadata.security_groups (EC2's per-interface maximum)
-	MaxSessionTags       = 50      // tags, transitive_tag_keys (STS)
-	MaxPolicyARNs        = 10      // policy_arns (STS)
-	MaxPolicyChars       = 2048    // policy (STS)
-	MaxUserData          = 16 << 10
-	MinDuration          = 15 * time.Minute // duration (STS DurationSeconds 900..43200)
-	MaxDuration          = 12 * time.Hour
+	MaxFileBytes      = 1 << 20 // the configuration file itself
+	MaxRoles          = 100     // roles
+	MaxMatchers       = 64      // each of roles[].units, users, groups, sources
+	MaxCallerSessions = 1024    // roles[].max_caller_sessions
+	MaxAllowedCIDRs   = 64      // imds.allowed_cidrs
+	MaxContainers     = 32      // network.containers
+	MaxMetadataTags   = 50      // metadata.tags (EC2's limit per resource)
+	MaxPublicKeys     = 50      // metadata.public_keys
+	MaxSecurityGroups = 16      // metadata.security_groups (EC2's per-interface maximum)
+	MaxSessionTags    = 50      // tags, transitive_tag_keys (STS)
+	MaxPolicyARNs     = 10      // policy_arns (STS)
+	MaxPolicyChars    = 2048    // policy (STS)
+	MaxUserData       = 16 << 10
+	MinDuration       = 15 * time.Minute // duration (STS DurationSeconds 900..43200)
+	MaxDuration       = 12 * time.Hour
+	// MaxChainedDuration is AWS's cap on a session obtained by role
+	// chaining: with roles_anywhere, every served role other than
+	// roles_anywhere.role_arn is assumed with the Roles Anywhere session.
+	MaxChainedDuration   = time.Hour
 	MaxPublicKeyBytes    = 16 << 10
 	maxLinkNameWithLabel = 15 - len(":imds") // netredirect labels its address LINK:imds in IFNAMSIZ
 )

@@ -103,6 +103,7 @@ func TestErrors(t *testing.T) {
 		return b.String()
 	}
 	entry := "roles:\n  - role_arn: arn:aws:iam::123456789012:role/web\n    users: [www-data]\n"
+	boot := "role_arn: arn:aws:iam::123456789012:role/boot\n" // roles_anywhere.role_arn, served directly
 	tests := []struct {
 		name, in string
 		keys     []string
@@ -217,6 +218,17 @@ func TestErrors(t *testing.T) {
 		{"roles_anywhere exclusive", minimal + "credentials_file: /c\n" + ra(""), []string{"roles_anywhere"}, "credentials_file"},
 		{"roles_anywhere endpoint", minimal + ra("  endpoint: ftp://x\n"), []string{"roles_anywhere.endpoint"}, "http"},
 		{"roles_anywhere duration", minimal + ra("  duration: 13h\n"), []string{"roles_anywhere.duration"}, "15m..12h"},
+		{"roles_anywhere endpoint path", minimal + ra("  endpoint: https://ra.example.com/v1\n"), []string{"roles_anywhere.endpoint"}, "must not have a path"},
+		{"roles_anywhere chained duration", minimal + "duration: 2h\n" + ra(""), []string{"duration"}, "role chaining"},
+		{"roles_anywhere chained entry inherits duration", boot + "duration: 2h\n" + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/web', users: [www-data]}\n",
+			[]string{"roles[0].duration"}, "inherited from the top-level duration"},
+		{"roles_anywhere direct takes no options", boot + ra("") + "policy: '{}'\npolicy_arns: ['arn:aws:iam::aws:policy/ReadOnlyAccess']\n" +
+			"tags: {team: a}\ntransitive_tag_keys: [team]\nexternal_id: ext-1\nsource_identity: me-1\n",
+			[]string{"policy", "policy_arns", "tags", "transitive_tag_keys", "external_id", "source_identity"}, "served from CreateSession directly"},
+		{"roles_anywhere direct entry inherits tags", minimal + "tags: {team: a}\n" + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [www-data]}\n",
+			[]string{"roles[0].tags"}, "inherited from the top-level tags"},
+		{"roles_anywhere direct entry caller_source_identity", minimal + ra("") + "roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [www-data], caller_source_identity: true}\n",
+			[]string{"roles[0].caller_source_identity"}, "no source identity"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -360,7 +372,7 @@ func TestRolesAnywhereModel(t *testing.T) {
   trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
   profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/1f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
   role_arn: arn:aws:iam::123456789012:role/host-bootstrap
-role_arn: arn:aws:iam::123456789012:role/app
+role_arn: arn:aws:iam::123456789012:role/host-bootstrap
 duration: 3h
 `
 	c, err := Parse([]byte(in))
@@ -370,6 +382,22 @@ duration: 3h
 	ra := c.RolesAnywhere
 	if ra.Region() != "eu-west-1" || ra.RoleARN.Name != "host-bootstrap" || ra.Duration.D() != 3*time.Hour || ra.ProfileARN.Kind != awsarn.Profile {
 		t.Errorf("decoded %+v", ra)
+	}
+	// A chained entry that sets its own duration within 1h, beside the
+	// directly served top-level role of 3h, and a directly served entry
+	// that empties the options it would inherit: valid.
+	ok := in + `tags: {team: a}
+roles:
+  - {role_arn: 'arn:aws:iam::123456789012:role/web', users: [www-data], duration: 1h, tags: {team: b}}
+  - {role_arn: 'arn:aws:iam::123456789012:role/host-bootstrap', users: [backup], tags: {}}
+`
+	if _, err := Parse([]byte(ok)); err == nil || !strings.Contains(err.Error(), "tags:") {
+		// the top-level role is the direct one: its own tags are refused
+		t.Errorf("top-level tags on the direct role: %v", err)
+	}
+	ok = strings.Replace(ok, "tags: {team: a}\n", "", 1)
+	if _, err := Parse([]byte(ok)); err != nil {
+		t.Errorf("valid mix of chained and direct roles: %v", err)
 	}
 }
 
@@ -394,6 +422,43 @@ func TestWarnings(t *testing.T) {
 	}
 	if w := c.Warnings(); len(w) != 1 || !strings.Contains(w[0].Msg, "reachable by any host") {
 		t.Errorf("remote listener warnings %v", w)
+	}
+}
+
+// TestRolesAnywhereSessionNameWarning: a session name set for the directly
+// served role is valid but unused; saying so beats a silent surprise in
+// CloudTrail.
+func TestRolesAnywhereSessionNameWarning(t *testing.T) {
+	const ra = `roles_anywhere:
+  certificate: /etc/imds-shim/host.pem
+  private_key: /etc/imds-shim/host.key
+  trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  role_arn: arn:aws:iam::123456789012:role/boot
+network: {manage: false}
+`
+	for _, tc := range []struct {
+		in   string
+		keys []string
+	}{
+		{"role_arn: arn:aws:iam::123456789012:role/boot\n" + ra, nil},
+		{"role_arn: arn:aws:iam::123456789012:role/boot\nsession_name: host-a\n" + ra, []string{"session_name"}},
+		{"role_arn: arn:aws:iam::123456789012:role/app\nsession_name: host-a\n" + ra, nil},
+		{"role_arn: arn:aws:iam::123456789012:role/app\nsession_name: host-a\n" + ra +
+			"roles:\n  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [a], session_name: boot-a}\n" +
+			"  - {role_arn: 'arn:aws:iam::123456789012:role/boot', users: [b]}\n", []string{"roles[0].session_name"}},
+	} {
+		c, err := Parse([]byte(tc.in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, w := range c.Warnings() {
+			keys = append(keys, w.Key)
+		}
+		if d := cmp.Diff(tc.keys, keys); d != "" {
+			t.Errorf("warnings (-want +got):\n%s\n%s", d, tc.in)
+		}
 	}
 }
 
@@ -429,6 +494,26 @@ func TestFileWarnings(t *testing.T) {
 	os.Chmod(cfg, 0o620)
 	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "config file "+cfg) || !strings.Contains(ws[0], "writable by other users") {
 		t.Errorf("group-writable config: %q", ws)
+	}
+	os.Chmod(cfg, 0o600)
+	// The Roles Anywhere private key is a secret file too.
+	c, err = Parse([]byte(`role_arn: arn:aws:iam::123456789012:role/boot
+roles_anywhere:
+  certificate: /etc/imds-shim/host.pem
+  private_key: ` + key + `
+  trust_anchor_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  profile_arn: arn:aws:rolesanywhere:eu-west-1:123456789012:profile/0f2b7e2a-1c3d-4e5f-8a9b-0c1d2e3f4a5b
+  role_arn: arn:aws:iam::123456789012:role/boot
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws := c.FileWarnings(cfg); len(ws) != 0 {
+		t.Errorf("0600 key warns: %q", ws)
+	}
+	os.Chmod(key, 0o640)
+	if ws := c.FileWarnings(cfg); len(ws) != 1 || !strings.Contains(ws[0], "roles_anywhere.private_key "+key) || !strings.Contains(ws[0], "readable by other users") {
+		t.Errorf("group-readable private key: %q", ws)
 	}
 }
 

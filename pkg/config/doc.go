@@ -10,6 +10,11 @@
 // operator wrote it (imds.listen, roles[2].role_arn, metadata.tags).
 // Bounds on every list and map are constants here and are documented in
 // packaging/imds-shim.example.yaml.
+// Rules that join several keys live here too, such as what a served role
+// may ask of the roles_anywhere source (validateServedWithRolesAnywhere: a
+// chained role at most MaxChainedDuration, the directly served one without
+// session policy, tags, external ID or source identity), so that they are
+// named by key path with every other problem.
 //
 // The component packages (credentials, imds, netredirect) do not read this
 // model: the command's composition root builds each one's own Config from

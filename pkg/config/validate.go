@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -126,6 +127,7 @@ func (c *Config) validate(present map[string]bool, p *problems) {
 	c.AssumeRole.validate("", webIdentity, check, bad)
 	c.validateSource(bad)
 	c.validateRoles(present, bad, check, samePartition, webIdentity)
+	c.validateServedWithRolesAnywhere(present, bad, check)
 
 	// The unit gives the daemon TimeoutStartSec=90s and TimeoutStopSec=30s;
 	// staying inside them lets serve exit with its own code and tear the
@@ -344,10 +346,72 @@ func (c *Config) validateSource(bad badFunc) {
 	if ra.Endpoint != "" {
 		if err := awsarn.CheckEndpoint(ra.Endpoint); err != nil {
 			bad("roles_anywhere.endpoint", "%v", err)
+		} else if u, _ := url.Parse(ra.Endpoint); u.Path != "" && u.Path != "/" {
+			bad("roles_anywhere.endpoint", "%q must not have a path: CreateSession is always POST /sessions at the endpoint's root", u.Redacted())
 		}
 	}
 	if d := ra.Duration.D(); d < MinDuration || d > MaxDuration || d%time.Second != 0 {
 		bad("roles_anywhere.duration", "%s is not a whole number of seconds in 15m..12h (CreateSession durationSeconds 900..43200)", d)
+	}
+}
+
+// validateServedWithRolesAnywhere checks what each served role (the
+// top-level role_arn and every roles entry) cannot do with the roles_anywhere
+// source. roles_anywhere.role_arn itself is served from CreateSession
+// directly, which takes no session policy, tags, external ID or source
+// identity; every other role is assumed through STS with the Roles Anywhere
+// session, which is role chaining, capped at MaxChainedDuration by AWS. An
+// entry's problem with an option it inherits from the top level is named at
+// the entry, with how to override it there.
+func (c *Config) validateServedWithRolesAnywhere(present map[string]bool, bad badFunc, check func(string) bool) {
+	ra := c.RolesAnywhere
+	if ra == nil || ra.RoleARN.IsZero() {
+		return
+	}
+	served := func(pre string, role awsarn.Role, a *AssumeRole, callerSI bool) {
+		if role.IsZero() || !check(pre+"role_arn") {
+			return
+		}
+		inherited := func(key string) string {
+			if pre == "" || present[pre+key] {
+				return ""
+			}
+			return fmt.Sprintf(" (inherited from the top-level %s; set %s in this entry to override it)", key, key)
+		}
+		if role != ra.RoleARN {
+			if d := a.Duration.D(); d > MaxChainedDuration && check(pre+"duration") {
+				bad(pre+"duration", "%s is longer than 1h, AWS's limit for role chaining: %s is assumed with the Roles Anywhere session of roles_anywhere.role_arn (only that role, served from CreateSession directly, can have up to 12h)%s",
+					d, role, inherited("duration"))
+			}
+			return
+		}
+		for _, f := range []struct {
+			key string
+			set bool
+		}{
+			{"policy", a.Policy != ""},
+			{"policy_arns", len(a.PolicyARNs) > 0},
+			{"tags", len(a.Tags) > 0},
+			{"transitive_tag_keys", len(a.TransitiveTagKeys) > 0},
+			{"external_id", a.ExternalID != ""},
+			{"source_identity", a.SourceIdentity != ""},
+		} {
+			if f.set && check(pre+f.key) {
+				hint := inherited(f.key)
+				if hint != "" {
+					hint = fmt.Sprintf(" (inherited from the top-level %s; set it empty in this entry)", f.key)
+				}
+				bad(pre+f.key, "cannot be used for roles_anywhere.role_arn (%s), which is served from CreateSession directly: CreateSession takes no session policy, tags, external ID or source identity%s", role, hint)
+			}
+		}
+		if callerSI {
+			bad(pre+"caller_source_identity", "cannot be used for roles_anywhere.role_arn (%s), which is served from CreateSession directly: CreateSession takes no source identity", role)
+		}
+	}
+	served("", c.RoleARN, &c.AssumeRole, false)
+	for i := range c.Roles {
+		r := &c.Roles[i]
+		served(fmt.Sprintf("roles[%d].", i), r.RoleARN, &r.AssumeRole, r.CallerSourceIdentity)
 	}
 }
 

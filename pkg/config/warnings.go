@@ -40,6 +40,20 @@ func (c *Config) Warnings() []Problem {
 			}
 		}
 	}
+	if ra := c.RolesAnywhere; ra != nil && !ra.RoleARN.IsZero() {
+		// CreateSession takes no session name (the profile may accept
+		// one, which imds-shim does not send): AWS names the session
+		// after the certificate's serial.
+		const msg = "is not used for roles_anywhere.role_arn, which is served from CreateSession directly: AWS names that session after the certificate's serial number"
+		if c.RoleARN == ra.RoleARN && c.SessionName != "" {
+			w = append(w, Problem{"session_name", msg})
+		}
+		for i, r := range c.Roles {
+			if r.RoleARN == ra.RoleARN && r.SessionName != "" && r.SessionName != c.SessionName {
+				w = append(w, Problem{fmt.Sprintf("roles[%d].session_name", i), msg})
+			}
+		}
+	}
 	return w
 }
 

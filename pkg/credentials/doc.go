@@ -42,6 +42,12 @@
 // from CertificateWarnBefore (7 days) before it, and the value of
 // imds_shim_certificate_expiry_seconds. Neither errors nor reports ever
 // quote the key file: parse errors name the file and the PEM block type only.
+// What a served role may ask of this source (no session policy, tags or
+// external ID for the directly served role; at most 1 hour for a chained
+// one) is part of the configuration's one validation, in pkg/config, by key;
+// NewRolesAnywhere checks only the invariants it relies on. The command
+// shares one RolesAnywhere between every served role's STS client, so that
+// all chained roles share one CreateSession.
 //
 // The signer is written here, on the standard library, because nothing
 // that exists fits. AWS's own helper

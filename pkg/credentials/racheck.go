@@ -26,8 +26,10 @@ type CertificateReport struct {
 	// algorithm used for CreateSession.
 	KeyType   string `json:"key_type"`
 	Algorithm string `json:"algorithm"`
-	// Intermediates counts the certificates after the leaf.
-	Intermediates int `json:"intermediates"`
+	// Intermediates counts the certificates after the leaf; Chain is
+	// their subjects, in file order (the leaf's issuer first).
+	Intermediates int      `json:"intermediates"`
+	Chain         []string `json:"chain,omitempty"`
 	// Warnings are problems that do not stop the source working now, such
 	// as an expiry within CertificateWarnBefore.
 	Warnings []string `json:"warnings,omitempty"`
@@ -121,6 +123,9 @@ func describeCertificate(leaf *x509.Certificate, chain []*x509.Certificate) Cert
 	rep := CertificateReport{
 		Subject: leaf.Subject.String(), Issuer: leaf.Issuer.String(), Serial: leaf.SerialNumber.String(),
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Intermediates: len(chain),
+	}
+	for _, c := range chain {
+		rep.Chain = append(rep.Chain, c.Subject.String())
 	}
 	switch k := leaf.PublicKey.(type) {
 	case *rsa.PublicKey:

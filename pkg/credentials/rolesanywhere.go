@@ -11,8 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,78 +59,34 @@ type RolesAnywhereConfig struct {
 	Duration time.Duration
 }
 
-var raARNRE = regexp.MustCompile(`^arn:(aws(?:-[a-z0-9]+)*):rolesanywhere:([a-z]{2,}(?:-[a-z0-9]+)*-[0-9]+):([0-9]{12}):(trust-anchor|profile)/([0-9a-fA-F-]{36})$`)
-
-// parseRAARN checks a trust anchor or profile ARN and returns its
-// partition, region and account.
-func parseRAARN(s, kind string) (partition, region, account string, err error) {
-	m := raARNRE.FindStringSubmatch(s)
-	if m == nil || m[4] != kind {
-		return "", "", "", fmt.Errorf("%q is not a Roles Anywhere %s ARN (arn:aws:rolesanywhere:REGION:ACCOUNT:%s/UUID)", s, kind, kind)
-	}
-	return m[1], m[2], m[3], nil
-}
-
-// Validate checks the configuration and returns every problem at once,
-// each prefixed with its YAML key.
-func (c *RolesAnywhereConfig) Validate() error {
+// check checks the invariants NewRolesAnywhere relies on and returns the
+// parsed trust anchor and role. The configuration file's roles_anywhere
+// block is validated key by key by pkg/config (the one validation, which
+// names YAML keys) before a RolesAnywhereConfig is built from it; these
+// errors name fields, for callers that build one by hand.
+func (c *RolesAnywhereConfig) check() (awsarn.RolesAnywhere, RoleARN, error) {
 	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("roles_anywhere."+key+": "+format, args...))
+	if c.CertificateFile == "" || c.PrivateKeyFile == "" {
+		errs = append(errs, errors.New("certificate and private key files are required"))
 	}
-	for _, f := range []struct{ key, path string }{
-		{"certificate", c.CertificateFile},
-		{"private_key", c.PrivateKeyFile},
-	} {
-		switch {
-		case f.path == "":
-			bad(f.key, "required")
-		case !filepath.IsAbs(f.path):
-			bad(f.key, "%q must be an absolute path", f.path)
-		}
+	ta, err := awsarn.ParseRolesAnywhere(c.TrustAnchorARN, awsarn.TrustAnchor)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("trust anchor ARN: %w", err))
 	}
-	var taPart, taRegion, taAccount string
-	if c.TrustAnchorARN == "" {
-		bad("trust_anchor_arn", "required")
-	} else {
-		var err error
-		if taPart, taRegion, taAccount, err = parseRAARN(c.TrustAnchorARN, "trust-anchor"); err != nil {
-			bad("trust_anchor_arn", "%v", err)
-		}
+	if _, err := awsarn.ParseRolesAnywhere(c.ProfileARN, awsarn.Profile); err != nil {
+		errs = append(errs, fmt.Errorf("profile ARN: %w", err))
 	}
-	if c.ProfileARN == "" {
-		bad("profile_arn", "required")
-	} else if part, region, account, err := parseRAARN(c.ProfileARN, "profile"); err != nil {
-		bad("profile_arn", "%v", err)
-	} else if taRegion != "" && (part != taPart || region != taRegion || account != taAccount) {
-		bad("profile_arn", "is in %s/%s/%s but the trust anchor is in %s/%s/%s; both must be in one partition, region and account",
-			part, region, account, taPart, taRegion, taAccount)
-	}
-	if c.RoleARN == "" {
-		bad("role_arn", "required, e.g. arn:aws:iam::123456789012:role/NAME")
-	} else if arn, err := ParseRoleARN(c.RoleARN); err != nil {
-		bad("role_arn", "%v", err)
-	} else if taPart != "" && arn.Partition != taPart {
-		bad("role_arn", "is in partition %s but the trust anchor is in %s", arn.Partition, taPart)
-	}
-	if c.Endpoint != "" {
-		if err := awsarn.CheckEndpoint(c.Endpoint); err != nil {
-			bad("endpoint", "%v", err)
-		} else if u, _ := url.Parse(c.Endpoint); u.Path != "" && u.Path != "/" {
-			bad("endpoint", "%q must not have a path; CreateSession is always /sessions", u.Redacted())
-		}
+	role, err := ParseRoleARN(c.RoleARN)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("role ARN: %w", err))
 	}
 	if _, ok := awsarn.PartitionOfRegion(c.Region); c.Region != "" && !ok {
-		bad("region", "%q is not a region name such as eu-west-1", c.Region)
+		errs = append(errs, fmt.Errorf("region: %q is not a region of any AWS partition", c.Region))
 	}
-	switch d := c.Duration; {
-	case d == 0:
-	case d < MinDuration || d > MaxDuration:
-		bad("duration", "%s is outside 15m..12h (CreateSession durationSeconds 900..43200)", d)
-	case d%time.Second != 0:
-		bad("duration", "%s is not a whole number of seconds", d)
+	if d := c.Duration; d != 0 && (d < MinDuration || d > MaxDuration || d%time.Second != 0) {
+		errs = append(errs, fmt.Errorf("duration: %s is not a whole number of seconds in %s..%s (CreateSession durationSeconds 900..43200)", d, MinDuration, MaxDuration))
 	}
-	return errors.Join(errs...)
+	return ta, role, errors.Join(errs...)
 }
 
 // ServesDirectly reports whether the served role roleARN is the one
@@ -141,41 +95,6 @@ func (c *RolesAnywhereConfig) ServesDirectly(roleARN string) bool {
 	a, err1 := ParseRoleARN(roleARN)
 	b, err2 := ParseRoleARN(c.RoleARN)
 	return err1 == nil && err2 == nil && a == b
-}
-
-// ChainedMaxDuration is AWS's cap on sessions obtained by role chaining,
-// which is what every served role other than roles_anywhere.role_arn is.
-const ChainedMaxDuration = time.Hour
-
-// CheckServedRole reports what a served role's configuration cannot do
-// with this source, by YAML key: a role chained from the Roles Anywhere
-// session is capped at 1 hour by AWS; a role served directly from
-// CreateSession takes no session policy, tags, external ID or source
-// identity. keyPrefix is the served role's YAML path ("" or "roles[2].").
-func (c *RolesAnywhereConfig) CheckServedRole(keyPrefix string, served Config) error {
-	var errs []error
-	if c.ServesDirectly(served.RoleARN) {
-		for _, f := range []struct {
-			key string
-			set bool
-		}{
-			{"policy", served.Policy != ""},
-			{"policy_arns", len(served.PolicyARNs) > 0},
-			{"tags", len(served.Tags) > 0},
-			{"transitive_tag_keys", len(served.TransitiveTagKeys) > 0},
-			{"external_id", served.ExternalID != ""},
-			{"source_identity", served.SourceIdentity != ""},
-		} {
-			if f.set {
-				errs = append(errs, fmt.Errorf("%s%s: cannot be used for roles_anywhere.role_arn, which is served from CreateSession directly", keyPrefix, f.key))
-			}
-		}
-		return errors.Join(errs...)
-	}
-	if served.Duration > ChainedMaxDuration {
-		errs = append(errs, fmt.Errorf("%sduration: %s is longer than 1h, AWS's limit for role chaining (this role is assumed with the Roles Anywhere session of roles_anywhere.role_arn; only that role itself can have up to 12h)", keyPrefix, served.Duration))
-	}
-	return errors.Join(errs...)
 }
 
 // RolesAnywhereOptions are the source's injected dependencies; zero values
@@ -217,14 +136,14 @@ type RolesAnywhere struct {
 // problems with the certificate or key show up as CertificateError at the
 // first call (and in CheckRolesAnywhere).
 func NewRolesAnywhere(cfg RolesAnywhereConfig, opts RolesAnywhereOptions) (*RolesAnywhere, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("validating roles_anywhere: %w", err)
+	ta, role, err := cfg.check()
+	if err != nil {
+		return nil, fmt.Errorf("roles_anywhere source: %w", err)
 	}
-	_, region, _, _ := parseRAARN(cfg.TrustAnchorARN, "trust-anchor")
+	region := ta.Region
 	if cfg.Region != "" {
 		region = cfg.Region
 	}
-	role, _ := ParseRoleARN(cfg.RoleARN)
 	r := &RolesAnywhere{
 		cfg:      cfg,
 		region:   region,
@@ -239,7 +158,8 @@ func NewRolesAnywhere(cfg RolesAnywhereConfig, opts RolesAnywhereOptions) (*Role
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	if r.endpoint == "" {
-		r.endpoint = "https://rolesanywhere." + region + "." + dnsSuffix(role.Partition)
+		p, _ := awsarn.LookupPartition(ta.Partition) // known: the ARN parsed
+		r.endpoint = "https://rolesanywhere." + region + "." + p.DNSSuffix
 	}
 	if r.duration == 0 {
 		r.duration = DefaultDuration
@@ -257,19 +177,6 @@ func NewRolesAnywhere(cfg RolesAnywhereConfig, opts RolesAnywhereOptions) (*Role
 		}
 	}
 	return r, nil
-}
-
-// dnsSuffix is the partition's service domain.
-func dnsSuffix(partition string) string {
-	switch partition {
-	case "aws-cn":
-		return "amazonaws.com.cn"
-	case "aws-iso":
-		return "c2s.ic.gov"
-	case "aws-iso-b":
-		return "sc2s.sgov.gov"
-	}
-	return "amazonaws.com"
 }
 
 // Endpoint returns the CreateSession base URL in use.

@@ -765,57 +765,42 @@ func TestDirectRoleRefusesUnsupportedParameters(t *testing.T) {
 	if err := r.Fetch(t.Context()); classify(err) != ClassInvalidRequest || len(e.fake.Sessions()) != 0 {
 		t.Fatalf("Fetch = %v (%s), sessions %v", err, classify(err), e.fake.Sessions())
 	}
-	ra := RolesAnywhereConfig{RoleARN: raRole}
-	err = ra.CheckServedRole("roles[1].", cfg)
-	if err == nil || !strings.Contains(err.Error(), "roles[1].policy:") {
-		t.Errorf("CheckServedRole = %v", err)
-	}
-	if err := ra.CheckServedRole("", Config{RoleARN: testRole, Duration: 2 * time.Hour}); err == nil || !strings.Contains(err.Error(), "duration:") {
-		t.Errorf("CheckServedRole of a 2h chained role = %v", err)
-	}
-	if err := ra.CheckServedRole("", Config{RoleARN: raRole, Duration: 12 * time.Hour}); err != nil {
-		t.Errorf("CheckServedRole of a 12h direct role = %v", err)
-	}
+	// pkg/config refuses this configuration by key (roles_anywhere
+	// rules in validate.go); the engine refuses it too if built by hand.
 }
 
-func TestRolesAnywhereConfigValidate(t *testing.T) {
+// TestNewRolesAnywhereInvariants: the engine checks only what it relies
+// on (the file is validated by key in pkg/config), and derives the region
+// and endpoint from the trust anchor with the one partition table.
+func TestNewRolesAnywhereInvariants(t *testing.T) {
 	good := RolesAnywhereConfig{
 		CertificateFile: "/etc/imds-shim/host.pem", PrivateKeyFile: "/etc/imds-shim/host.key",
 		TrustAnchorARN: raTA, ProfileARN: raProfile, RoleARN: raRole,
 	}
-	if err := good.Validate(); err != nil {
-		t.Fatalf("good config: %v", err)
-	}
-	bad := RolesAnywhereConfig{
-		CertificateFile: "host.pem",
-		TrustAnchorARN:  strings.Replace(raTA, "trust-anchor", "profile", 1),
-		ProfileARN:      strings.Replace(raProfile, "eu-west-1", "us-east-1", 1),
-		RoleARN:         "arn:aws:iam::123456789012:user/bob",
-		Endpoint:        "http://rolesanywhere.example.com",
-		Duration:        13 * time.Hour,
-	}
-	err := bad.Validate()
-	var keys []string
-	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
-		k, _, _ := strings.Cut(line, ":")
-		keys = append(keys, k)
-	}
-	// profile_arn is well-formed; its region is compared only with a valid
-	// trust anchor ARN (below).
-	want := []string{"roles_anywhere.certificate", "roles_anywhere.private_key", "roles_anywhere.trust_anchor_arn",
-		"roles_anywhere.role_arn", "roles_anywhere.endpoint", "roles_anywhere.duration"}
-	if diff := cmp.Diff(want, keys); diff != "" {
-		t.Errorf("keys named (-want +got):\n%s\n%v", diff, err)
-	}
-	// Profile in another region than the trust anchor.
-	p := good
-	p.ProfileARN = strings.Replace(raProfile, "eu-west-1", "us-east-1", 1)
-	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "roles_anywhere.profile_arn") {
-		t.Errorf("profile in another region: %v", err)
-	}
 	ra, err := NewRolesAnywhere(good, RolesAnywhereOptions{})
 	if err != nil || ra.Endpoint() != "https://rolesanywhere.eu-west-1.amazonaws.com" || ra.Region() != "eu-west-1" {
-		t.Errorf("endpoint %q region %q, %v", ra.Endpoint(), ra.Region(), err)
+		t.Fatalf("endpoint %q region %q, %v", ra.Endpoint(), ra.Region(), err)
+	}
+	cn := good
+	cn.TrustAnchorARN = strings.Replace(strings.Replace(raTA, ":aws:", ":aws-cn:", 1), "eu-west-1", "cn-north-1", 1)
+	if ra, err := NewRolesAnywhere(cn, RolesAnywhereOptions{}); err != nil || ra.Endpoint() != "https://rolesanywhere.cn-north-1.amazonaws.com.cn" {
+		t.Errorf("aws-cn trust anchor: %v, %v", ra, err)
+	}
+	bad := RolesAnywhereConfig{
+		TrustAnchorARN: strings.Replace(raTA, "trust-anchor", "profile", 1),
+		ProfileARN:     "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/x",
+		RoleARN:        "arn:aws:iam::123456789012:user/bob",
+		Region:         "moon-1",
+		Duration:       13 * time.Hour,
+	}
+	_, err = NewRolesAnywhere(bad, RolesAnywhereOptions{})
+	for _, want := range []string{"certificate and private key", "trust anchor ARN:", "profile ARN:", "role ARN:", "region:", "duration:"} {
+		if !strings.Contains(fmt.Sprint(err), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	if strings.Contains(fmt.Sprint(err), "roles_anywhere.") {
+		t.Errorf("the engine names YAML keys, which only pkg/config does: %v", err)
 	}
 }
 

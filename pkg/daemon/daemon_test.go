@@ -37,28 +37,38 @@ type world struct {
 	once   sync.Once
 
 	entered, release chan struct{} // for a request held in the handler
+	changed          chan struct{} // closed and replaced on every event
 }
 
 // reloadAndWait sends a reload and waits for the READY=1 that ends it.
 func (w *world) reloadAndWait(reload chan Reload) {
 	w.t.Helper()
-	count := func() int {
+	// readies counts the READY=1 notes so far, and returns the channel
+	// closed at the next event.
+	readies := func() (int, chan struct{}) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
 		n := 0
-		for _, e := range w.Events() {
+		for _, e := range w.events {
 			if e == "notify:READY=1" {
 				n++
 			}
 		}
-		return n
+		return n, w.changed
 	}
-	before := count()
+	before, _ := readies()
 	reload <- Reload{}
-	deadline := time.Now().Add(10 * time.Second)
-	for count() == before {
-		if time.Now().After(deadline) {
+	timeout := time.After(10 * time.Second)
+	for {
+		n, changed := readies()
+		if n > before {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
 			w.t.Fatal("reload did not finish within 10s")
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -73,13 +83,15 @@ func newSetup(t *testing.T) (w *world, dir, path string) {
 }
 
 func newWorld(t *testing.T) *world {
-	return &world{t: t, fail: map[string]error{}, ready: make(chan struct{})}
+	return &world{t: t, fail: map[string]error{}, ready: make(chan struct{}), changed: make(chan struct{})}
 }
 
 func (w *world) record(ev string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.events = append(w.events, ev)
+	close(w.changed)
+	w.changed = make(chan struct{})
 	return w.fail[ev]
 }
 

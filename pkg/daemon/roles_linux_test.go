@@ -26,7 +26,6 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
-	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/imds-shim/imds-shim/pkg/callers"
@@ -114,7 +113,7 @@ roles:
 		if code := d.wait(t); code != 0 {
 			t.Errorf("exit code %d after SIGTERM", code)
 		}
-		if diff := cmp.Diff(netBefore, netState(t)); diff != "" {
+		if diff := netBefore.Diff(netState(t)); diff != "" {
 			t.Errorf("namespace changed by a serve/stop cycle (-before +after):\n%s", diff)
 		}
 	}()

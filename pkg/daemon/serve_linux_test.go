@@ -16,15 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-
+	"github.com/imds-shim/imds-shim/pkg/internal/hoststate"
 	"github.com/imds-shim/imds-shim/pkg/internal/moto"
 	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
 	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
@@ -64,47 +62,43 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-var builtinChains = map[string]bool{"INPUT": true, "OUTPUT": true, "FORWARD": true, "PREROUTING": true, "POSTROUTING": true}
-
-// netState is the namespace's addresses and iptables state in both
-// backends, normalised: counters and comments dropped, and the empty
-// built-in chains that iptables-nft leaves registered ignored (TESTENV.md).
-func netState(t *testing.T) string {
+// netState is the namespace's links, addresses, iptables rules of both
+// backends and sysctls, as facts (pkg/internal/hoststate).
+func netState(t *testing.T) *hoststate.Snapshot {
 	t.Helper()
-	var b strings.Builder
-	out, err := exec.Command("ip", "-o", "addr", "show").CombinedOutput()
+	s, err := hoststate.Take(hoststate.Options{})
 	if err != nil {
-		t.Fatalf("ip addr: %v: %s", err, out)
+		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			b.WriteString(regexp.MustCompile(`\s+`).ReplaceAllString(l, " ") + "\n")
+	return s
+}
+
+// envWantLink names the link the daemon must put 169.254.169.254 on with the
+// default `network.link: auto`; the stock-kernel suite sets it to imds0,
+// where the dummy driver is known to exist.
+const envWantLink = "IMDS_SHIM_TEST_WANT_LINK"
+
+// redirectLink is the link that holds 169.254.169.254 in s: imds0, which
+// must then be imds-shim's own dummy link, or lo where the kernel has no
+// dummy driver. It fails t if $IMDS_SHIM_TEST_WANT_LINK names another.
+func redirectLink(t *testing.T, s *hoststate.Snapshot) string {
+	t.Helper()
+	link := ""
+	for _, a := range s.Addrs {
+		if a.Prefix == "169.254.169.254/32" {
+			link = a.Link
 		}
 	}
-	out, _ = exec.Command("ip", "-o", "link", "show").CombinedOutput()
-	for _, l := range strings.Split(string(out), "\n") {
-		if f := strings.Fields(l); len(f) > 1 {
-			b.WriteString("link " + f[1] + "\n")
-		}
+	switch {
+	case link == "imds0" && !s.Has(`link imds0 kind dummy alias "imds-shim" up`):
+		t.Errorf("169.254.169.254 is on an imds0 that is not imds-shim's dummy link:\n%s", strings.Join(s.Facts(), "\n"))
+	case link != "imds0" && link != "lo":
+		t.Errorf("169.254.169.254 is on %q, want imds0 or lo:\n%s", link, strings.Join(s.Facts(), "\n"))
 	}
-	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save"} {
-		out, err := exec.Command(save).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v: %s", save, err, out)
-		}
-		for _, l := range strings.Split(string(out), "\n") {
-			switch {
-			case strings.HasPrefix(l, "-A"):
-				b.WriteString(save + " " + l + "\n")
-			case strings.HasPrefix(l, ":"):
-				f := strings.Fields(l[1:])
-				if !builtinChains[f[0]] || f[1] != "ACCEPT" {
-					b.WriteString(save + " " + f[0] + " " + f[1] + "\n")
-				}
-			}
-		}
+	if want := os.Getenv(envWantLink); want != "" && link != want {
+		t.Errorf("169.254.169.254 is on %q, want %q ($%s)", link, want, envWantLink)
 	}
-	return b.String()
+	return link
 }
 
 type env struct {
@@ -314,6 +308,7 @@ func TestServe(t *testing.T) {
 	if !strings.Contains(ready, "STATUS=serving app; credentials expire ") {
 		t.Errorf("READY message %q", ready)
 	}
+	link := redirectLink(t, netState(t))
 
 	code, body := imdsGet(t, "/latest/meta-data/iam/security-credentials/")
 	if code != 200 || body != "app" {
@@ -334,7 +329,7 @@ func TestServe(t *testing.T) {
 	// status talks to the running daemon.
 	st, err := exec.Command(binary(t), "status", "--socket", filepath.Join(e.dir, "run", "control.sock")).CombinedOutput()
 	if err != nil || !strings.Contains(string(st), "role:        arn:aws:iam::123456789012:role/app") ||
-		!strings.Contains(string(st), "ok      address 169.254.169.254/32 on lo") {
+		!strings.Contains(string(st), "ok      address 169.254.169.254/32 on "+link) {
 		t.Errorf("status: %v\n%s", err, st)
 	}
 
@@ -386,7 +381,7 @@ func TestServe(t *testing.T) {
 	if code := d.wait(t); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM:\n%s", code, d.stderr)
 	}
-	if diff := cmp.Diff(before, netState(t)); diff != "" {
+	if diff := before.Diff(netState(t)); diff != "" {
 		t.Errorf("namespace changed by a serve/stop cycle (-before +after):\n%s", diff)
 	}
 	// No secret, ours or the served ones, ever reaches the logs.
@@ -434,7 +429,7 @@ func TestServeFailuresChangeNothing(t *testing.T) {
 					t.Errorf("stderr lacks %q:\n%s", w, d.stderr)
 				}
 			}
-			if diff := cmp.Diff(before, netState(t)); diff != "" {
+			if diff := before.Diff(netState(t)); diff != "" {
 				t.Errorf("a failed start changed the namespace (-before +after):\n%s", diff)
 			}
 		})
@@ -451,18 +446,19 @@ func TestCrashThenCleanupAndRestart(t *testing.T) {
 	d := e.serve(cfg)
 	e.waitNote("READY=1", d)
 	running := netState(t)
+	redirectLink(t, running)
 	// A token an SDK cached before the crash.
 	tok := imdsToken(t)
 	d.cmd.Process.Kill()
 	d.wait(t)
-	if got := netState(t); got != running {
-		t.Fatalf("state changed by SIGKILL?\n%s", cmp.Diff(running, got))
+	if diff := running.Diff(netState(t)); diff != "" {
+		t.Fatalf("state changed by SIGKILL?\n%s", diff)
 	}
 
 	// Crash, then start again: the leftovers are cleaned, not duplicated.
 	d = e.serve(cfg)
 	e.waitNote("READY=1", d)
-	if diff := cmp.Diff(running, netState(t)); diff != "" {
+	if diff := running.Diff(netState(t)); diff != "" {
 		t.Errorf("state after crash+restart differs from a clean start (-clean +restarted):\n%s", diff)
 	}
 	// The key in the runtime directory outlived the process, so the
@@ -481,7 +477,7 @@ func TestCrashThenCleanupAndRestart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("cleanup #%d: %v\n%s", i+1, err, out)
 		}
-		if diff := cmp.Diff(before, netState(t)); diff != "" {
+		if diff := before.Diff(netState(t)); diff != "" {
 			t.Errorf("after cleanup #%d (-before +after):\n%s", i+1, diff)
 		}
 	}

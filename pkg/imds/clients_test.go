@@ -1,6 +1,7 @@
 package imds
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -64,10 +65,20 @@ func startClientServer(t *testing.T, mode TokenMode, n int) *clientServer {
 	return &clientServer{url: "http://" + ln.Addr().String(), creds: c, src: src, obs: obs}
 }
 
-// requireClient returns the client's path, or skips (fails under CI).
-func requireClient(t *testing.T, what, path string) string {
+// requireClient returns the client's path, or skips (fails under CI) when
+// it is not installed or, with probe arguments, when running it with them
+// (e.g. -c "import boto3") fails: a python3 without boto3 is no client.
+func requireClient(t *testing.T, what, path string, probe ...string) string {
 	t.Helper()
 	p, err := exec.LookPath(path)
+	if err == nil && len(probe) > 0 {
+		cmd := exec.Command(p, probe...)
+		cmd.Env = clientEnv(t, "http://127.0.0.1:1")
+		var out []byte
+		if out, err = cmd.CombinedOutput(); err != nil {
+			err = fmt.Errorf("%s %s: %v: %s", p, strings.Join(probe, " "), err, bytes.TrimSpace(out))
+		}
+	}
 	if err == nil {
 		return p
 	}
@@ -159,7 +170,7 @@ func TestRealClients(t *testing.T) {
 			t.Run("subprocess", func(t *testing.T) {
 				t.Run("botocore", func(t *testing.T) {
 					t.Parallel()
-					py := requireClient(t, "python3 with boto3", "python3")
+					py := requireClient(t, "python3 with boto3", "python3", "-c", "import boto3, botocore")
 					out := runClient(t, clientEnv(t, s.url), py, filepath.Join(repoRoot(t), "test", "clients", "boto_imds.py"))
 					var got clientResult
 					if err := json.Unmarshal(out, &got); err != nil {
@@ -172,7 +183,7 @@ func TestRealClients(t *testing.T) {
 				})
 				t.Run("aws-cli-v1", func(t *testing.T) {
 					t.Parallel()
-					aws := requireClient(t, "AWS CLI v1 (pip)", "aws")
+					aws := requireClient(t, "AWS CLI v1 (pip)", "aws", "--version")
 					if r1, _ := filepath.EvalSymlinks(aws); r1 == "/usr/bin/aws" {
 						msg := "aws on PATH is Debian's CLI v2, not the pip AWS CLI v1"
 						if os.Getenv("CI") != "" {
@@ -184,7 +195,7 @@ func TestRealClients(t *testing.T) {
 				})
 				t.Run("aws-cli-v2", func(t *testing.T) {
 					t.Parallel()
-					aws := requireClient(t, "Debian AWS CLI v2 (apt awscli)", "/usr/bin/aws")
+					aws := requireClient(t, "Debian AWS CLI v2 (apt awscli)", "/usr/bin/aws", "--version")
 					// botocore in CLI v2 2.9 joins base and path without a
 					// slash, so the endpoint needs a trailing one.
 					cliClient(t, s, clientEnv(t, s.url+"/"), aws)
@@ -359,7 +370,7 @@ func TestGoSDKWithoutCredentials(t *testing.T) {
 // botocore treats the 500 as "no credentials from IMDS": the chain ends
 // with none instead of raising or using an error document.
 func TestBotocoreWithoutCredentials(t *testing.T) {
-	py := requireClient(t, "python3 with boto3", "python3")
+	py := requireClient(t, "python3 with boto3", "python3", "-c", "import boto3, botocore")
 	s := startClientServer(t, TokenRequired, 1)
 	s.src.set(credentials.Credentials{}, credentials.ErrNoCredentials)
 	out := runClient(t, clientEnv(t, s.url), py, "-c", "import boto3; print(boto3.Session().get_credentials())")

@@ -64,9 +64,33 @@ func (n netlinkLinks) LinkByName(name string) (netlink.Link, error) {
 }
 
 func (n netlinkLinks) LinkList() ([]netlink.Link, error) { return retryDump(n.h.LinkList) }
-func (n netlinkLinks) LinkAdd(l netlink.Link) error      { return n.h.LinkAdd(l) }
-func (n netlinkLinks) LinkDel(l netlink.Link) error      { return n.h.LinkDel(l) }
-func (n netlinkLinks) LinkSetUp(l netlink.Link) error    { return n.h.LinkSetUp(l) }
+
+// LinkAdd creates l with its alias. The kernel does not apply IFLA_IFALIAS
+// when it creates a link (Debian's 6.1 kernel creates the dummy link without
+// it, found by the stock-kernel suite), so the alias is set in a second
+// step; if that fails the new link is removed again.
+func (n netlinkLinks) LinkAdd(l netlink.Link) error {
+	if err := n.h.LinkAdd(l); err != nil {
+		return err
+	}
+	alias := l.Attrs().Alias
+	if alias == "" {
+		return nil
+	}
+	created, err := n.h.LinkByName(l.Attrs().Name)
+	if err == nil {
+		if err = n.h.LinkSetAlias(created, alias); err != nil {
+			_ = n.h.LinkDel(created)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("setting alias %q on new link %s: %w", alias, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+func (n netlinkLinks) LinkDel(l netlink.Link) error   { return n.h.LinkDel(l) }
+func (n netlinkLinks) LinkSetUp(l netlink.Link) error { return n.h.LinkSetUp(l) }
 func (n netlinkLinks) AddrList(l netlink.Link, family int) ([]netlink.Addr, error) {
 	return retryDump(func() ([]netlink.Addr, error) { return n.h.AddrList(l, family) })
 }

@@ -60,16 +60,12 @@ die() { printf 'e2e: %s\n' "$*" >&2; exit 1; }
 expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: want '$2', got '$3'"; fi; }
 # expect_match WHAT REGEX TEXT
 expect_match() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1: want /$2/, got: $3"; fi; }
-# expect_same WHAT FILE_WANT FILE_GOT
-expect_same() {
-	if diff -u "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
-}
 
 [ "$(id -u)" = 0 ] || die "must run as root (it boots a container and creates a network namespace)"
 for c in systemd-nspawn mmdebstrap nsenter ip iptables-save iptables-legacy-save rpm dpkg-deb curl flock go; do
 	command -v "$c" >/dev/null || die "missing $c (apt-get install systemd-container mmdebstrap rpm iptables iproute2 curl)"
 done
-python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator; see ../shared/TESTENV.md §3)"
+python3 -c 'import moto.server' 2>/dev/null || die "python3 cannot import moto (the STS emulator, python3 -m moto.server; pip install 'moto[server]')"
 shopt -s nullglob
 debs=("$DIST"/imds-shim_*_amd64.deb)
 rpms=("$DIST"/imds-shim-*.x86_64.rpm)
@@ -91,19 +87,24 @@ mkdir -p "$WORK/xfer" "$WORK/pkgs"
 cp "$DIST"/imds-shim_*.deb "$DIST"/imds-shim-*.rpm "$WORK/pkgs/"
 DEB=$WORK/pkgs/$(basename "$DEB") RPM=$WORK/pkgs/$(basename "$RPM") DIST=$WORK/pkgs
 
-# --------------------------------------------------------- host snapshots
-# Rules and chains as iptables-save prints them, without counters and
-# comments: what must be identical before and after.
-host_state() {
-	{
-		echo "## addresses"; ip -o addr show | awk '{s=""; for (i = 5; i < NF; i++) if ($i == "scope") s=$(i+1); print $2, $3, $4, s}' | sort
-		echo "## links"; ip -o link show | awk '{print $2}'
-		echo "## netns"; ip netns list
-		for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
-			echo "## $t"; "$t" 2>/dev/null | sed -e '/^#/d' -e 's/ \[[0-9]*:[0-9]*\]$//'
-		done
-	} > "$1"
+# --------------------------------------------------------- state snapshots
+# The project's one state comparison (pkg/internal/hoststate): links,
+# addresses, iptables rules and chains of both backends (v4 and v6) and the
+# sysctls a redirect could touch, as facts without indexes, DAD flags or
+# counters. The same static binary runs on the host and in the guest.
+HS=$WORK/xfer/hoststate
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$HS" ./pkg/internal/hoststate/cmd/hoststate) || die "building hoststate failed"
+host_state() { "$HS" snapshot --netns > "$1"; }
+# expect_same WHAT SNAPSHOT_WANT SNAPSHOT_GOT
+expect_same() {
+	if "$HS" diff "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
 }
+# expect_same_lines WHAT FILE_WANT FILE_GOT: two plain lists, e.g. of paths.
+expect_same_lines() {
+	if diff -u "$2" "$3" > "$WORK/diff.txt"; then ok "$1"; else fail "$1:"; sed 's/^/         /' "$WORK/diff.txt"; fi
+}
+# facts SNAPSHOT: one fact a line, for grep.
+facts() { "$HS" show "$1"; }
 
 cleanup() {
 	local rc=$?
@@ -126,8 +127,8 @@ cleanup() {
 	ip link del "$VETH" 2>/dev/null
 	if [ -s "$WORK/host.before" ]; then
 		host_state "$WORK/host.after"
-		if diff -u "$WORK/host.before" "$WORK/host.after" > "$WORK/host.diff"; then
-			ok "host addresses, links, netns and iptables (nft, legacy, v4, v6) unchanged"
+		if "$HS" diff "$WORK/host.before" "$WORK/host.after" > "$WORK/host.diff"; then
+			ok "host links, addresses, netns, iptables (nft, legacy, v4, v6) and sysctls unchanged"
 		else
 			fail "the host changed:"; sed 's/^/         /' "$WORK/host.diff"; rc=1
 		fi
@@ -246,22 +247,8 @@ degraded) echo "  note guest is degraded: $(g systemctl --failed --no-legend --p
 esac
 step "guest booted ($state)"
 
-# Guest network and firewall state as the test compares it: addresses, and
-# rules and chains of both iptables backends for v4 and v6. With iptables-nft
-# a table once used stays registered with empty built-in chains, so built-in
-# chains are only compared where their policy is not ACCEPT.
-guest_net() {
-	gsh '
-	echo "## addresses"; ip -o addr show | awk "{s=\"\"; for (i = 5; i < NF; i++) if (\$i == \"scope\") s=\$(i+1); print \$2, \$3, \$4, s}" | sort
-	echo "## links"; ip -o link show | awk "{print \$2}"
-	for t in iptables-save ip6tables-save iptables-legacy-save ip6tables-legacy-save; do
-		echo "## $t"
-		$t 2>/dev/null | awk "
-			/^\\*/ { table = \$0; next }
-			/^:/ { if (\$2 == \"ACCEPT\") next; print table, \$1, \$2; next }
-			/^-A/ { print table, \$0 }"
-	done' > "$1"
-}
+# The guest's network state, as the host's (hoststate, from /xfer).
+guest_net() { g /xfer/hoststate snapshot > "$1"; }
 # Every path with imds-shim in its name, outside /proc, /sys and /xfer.
 guest_files() {
 	gsh 'find / \( -path /proc -o -path /sys -o -path /xfer -o -path /dev \) -prune -o -iname "*imds*" -print | sort' > "$1"
@@ -321,8 +308,8 @@ g systemctl enable --now imds-shim 2>/dev/null || { guest_journal; die "systemct
 step "configure + systemctl enable --now"
 expect_eq "systemctl is-active" active "$(g systemctl is-active imds-shim || true)"
 guest_net "$WORK/net.running"
-expect_match "169.254.169.254 is on a link" "inet 169.254.169.254/32" "$(cat "$WORK/net.running")"
-expect_match "a DNAT rule redirects 169.254.169.254" "DNAT.*169.254.169.254|169.254.169.254.*DNAT" "$(cat "$WORK/net.running")"
+expect_match "169.254.169.254 is on a link" "^address 169.254.169.254/32 on " "$(facts "$WORK/net.running")"
+expect_match "a DNAT rule redirects 169.254.169.254" "^iptables .*169.254.169.254.*DNAT" "$(facts "$WORK/net.running")"
 
 # ---------------------------------------------------------------- clients
 role_of() { sed -n 's|.*assumed-role/\([^/"]*\)/.*|\1|p' | head -n 1; }
@@ -414,7 +401,7 @@ gsh 'printf "network:\n  backend: legacy\n" >> /etc/imds-shim/imds-shim.yaml'
 g systemctl reload imds-shim || fail "reload to the legacy backend"
 expect_eq "active on the legacy backend" active "$(g systemctl is-active imds-shim || true)"
 guest_net "$WORK/net.legacy"
-expect_match "the DNAT moved to iptables-legacy" "^## iptables-legacy-save" "$(grep -E '^## |DNAT' "$WORK/net.legacy" | grep -B1 DNAT | head -n 1)"
+expect_eq "the DNAT moved to iptables-legacy" legacy "$(facts "$WORK/net.legacy" | sed -n 's/^iptables \([a-z]*\) .*DNAT.*/\1/p' | sort -u | xargs)"
 out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
 expect_eq "credentials served through iptables-legacy" e2e-second "$(printf '%s' "$out" | role_of)"
 step "reload onto iptables-legacy"
@@ -448,7 +435,7 @@ expect_eq "purge stops the daemon" inactive "$(g systemctl is-active imds-shim 2
 expect_eq "systemd forgot the unit" "" "$(g systemctl list-units --all --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
 expect_eq "no unit file left" "" "$(g systemctl list-unit-files --no-legend --plain 'imds-shim*' | awk '{print $1}' | xargs)"
 guest_files "$WORK/files.purged"
-expect_same "apt purge leaves no file of imds-shim (find / -iname '*imds*')" "$WORK/files.pristine" "$WORK/files.purged"
+expect_same_lines "apt purge leaves no file of imds-shim (find / -iname '*imds*')" "$WORK/files.pristine" "$WORK/files.purged"
 guest_net "$WORK/net.purged"
 expect_same "apt purge leaves addresses and iptables as before install" "$WORK/net.pristine" "$WORK/net.purged"
 expect_eq "dpkg knows nothing of imds-shim" "" "$(g dpkg-query -W -f='${db:Status-Abbrev}' imds-shim 2>/dev/null || true)"

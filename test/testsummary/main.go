@@ -1,12 +1,18 @@
 // Command testsummary reads `go test -json` on stdin, prints the ordinary
 // test output, and ends with the tests that were skipped, with their
 // reasons, and one closing count — so a CI log shows at a glance whether the
-// root-only tests ran or skipped. It exits 1 when a test or package failed.
+// root-only tests ran or skipped. It exits 1 when a test or package failed,
+// or when a test named with -require did not pass.
+//
+//	-label NAME         the closing line starts with NAME instead of "go test"
+//	-require T1,T2      these tests (top-level names) must pass; each is named as passed
+//	-failures-only      print the output of failed tests and packages only
 package main
 
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"sort"
@@ -21,6 +27,14 @@ type event struct {
 }
 
 func main() {
+	label := flag.String("label", "go test", "the closing line's first word(s)")
+	require := flag.String("require", "", "comma-separated top-level tests that must pass")
+	failuresOnly := flag.Bool("failures-only", false, "print only the output of what failed")
+	flag.Parse()
+	// Output held back per test (and per package, under "") with
+	// -failures-only, printed when it fails.
+	held := map[string][]string{}
+	passedTests := map[string]bool{}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 16<<20)
 	var passed, failed, skipped int
@@ -37,20 +51,28 @@ func main() {
 		key := e.Package + " " + e.Test
 		switch e.Action {
 		case "output":
-			fmt.Print(e.Output)
+			if *failuresOnly {
+				held[key] = append(held[key], e.Output)
+			} else {
+				fmt.Print(e.Output)
+			}
 			if t := strings.TrimSpace(e.Output); e.Test != "" && t != "" && !strings.HasPrefix(t, "---") && !strings.HasPrefix(t, "===") {
 				lastOut[key] = t
 			}
 		case "pass":
 			if e.Test != "" {
 				passed++
+				passedTests[e.Test] = true
 			}
+			delete(held, key)
 		case "fail":
 			if e.Test != "" {
 				failed++
 			} else {
 				failedPkgs = append(failedPkgs, e.Package)
 			}
+			fmt.Print(strings.Join(held[key], ""))
+			delete(held, key)
 		case "skip":
 			if e.Test != "" {
 				skipped++
@@ -68,8 +90,20 @@ func main() {
 	if len(failedPkgs) > 0 {
 		fmt.Printf("\nfailed packages: %s\n", strings.Join(failedPkgs, " "))
 	}
-	fmt.Printf("go test: %d passed, %d failed, %d skipped\n", passed, failed, skipped)
-	if failed > 0 || len(failedPkgs) > 0 {
+	missing := false
+	for _, name := range strings.Split(*require, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		if passedTests[name] {
+			fmt.Printf("%s: %s passed\n", *label, name)
+		} else {
+			fmt.Printf("%s: %s did NOT pass (failed, skipped or not run)\n", *label, name)
+			missing = true
+		}
+	}
+	fmt.Printf("%s: %d passed, %d failed, %d skipped\n", *label, passed, failed, skipped)
+	if failed > 0 || len(failedPkgs) > 0 || missing {
 		os.Exit(1)
 	}
 }

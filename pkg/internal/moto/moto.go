@@ -18,7 +18,7 @@ import (
 )
 
 // ErrUnavailable means python3 or the moto module is not installed.
-var ErrUnavailable = errors.New("moto is not available (want python3 with the moto package, see TESTENV.md §3)")
+var ErrUnavailable = errors.New("moto is not available (want python3 with the moto package, python3 -m moto.server)")
 
 // readyTimeout bounds the wait for a cold start (3.7 s measured cold, 0.7 s
 // warm) on a loaded 2-core machine.
