@@ -5,20 +5,17 @@
 // processes, so nothing is named in /run/netns; every link is named p2*
 // and removed at the end.
 //
-// The state comparison is local (hostFacts) because pkg/internal/hoststate
-// is not on main yet; it compares facts, as netredirect's kernel tests do.
+// The state is compared as facts, with pkg/internal/hoststate.
 
 package daemon_test
 
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,78 +150,12 @@ func newP2Topo(t *testing.T) p2topo {
 	return tp
 }
 
-// factSysctls decide who can reach a local address; imds-shim must never
-// change them.
-var factSysctls = []string{
-	"net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet", "net/ipv4/conf/lo/route_localnet",
-	"net/ipv4/conf/all/arp_ignore", "net/ipv4/conf/default/arp_ignore", "net/ipv4/conf/all/arp_announce",
-	"net/ipv4/conf/all/rp_filter", "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
-	"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6", "net/ipv6/conf/lo/disable_ipv6",
-	"net/ipv4/ip_unprivileged_port_start", "net/ipv4/ip_nonlocal_bind", "net/ipv6/ip_nonlocal_bind",
-}
-
-// hostFacts is everything imds-shim may touch, as facts: rules and
-// non-ACCEPT policies of iptables, ip6tables and arptables in both
-// backends (counters dropped; an empty built-in chain is nobody's rule),
-// every link by name (kind, admin state, alias), its addresses (prefix,
-// scope, label; no transient flags, no lifetimes) and the sysctls above.
+// hostFacts is the namespace's state as facts (pkg/internal/hoststate):
+// links, addresses, the rules of iptables, ip6tables and arptables in both
+// backends, and the sysctls that decide who reaches a local address.
 func hostFacts(t *testing.T) string {
 	t.Helper()
-	var b strings.Builder
-	for _, tool := range []string{"iptables", "ip6tables", "arptables"} {
-		for _, be := range []string{"nft", "legacy"} {
-			save := tool + "-" + be + "-save"
-			if _, err := exec.LookPath(save); err != nil {
-				continue
-			}
-			table := ""
-			for _, l := range strings.Split(mustRun(t, save), "\n") {
-				switch {
-				case strings.HasPrefix(l, "*"):
-					table = l[1:]
-				case strings.HasPrefix(l, ":"):
-					if f := strings.Fields(l); len(f) > 1 && f[1] != "ACCEPT" {
-						fmt.Fprintf(&b, "%s %s chain %s %s\n", save, table, f[0], f[1])
-					}
-				case strings.HasPrefix(l, "-"):
-					fmt.Fprintf(&b, "%s %s %s\n", save, table, l)
-				}
-			}
-		}
-	}
-	var links []struct {
-		Name     string   `json:"ifname"`
-		Flags    []string `json:"flags"`
-		Alias    string   `json:"ifalias"`
-		Master   string   `json:"master"`
-		LinkInfo struct {
-			Kind string `json:"info_kind"`
-		} `json:"linkinfo"`
-		Addrs []struct {
-			Family, Local, Scope, Label string
-			Len                         int `json:"prefixlen"`
-		} `json:"addr_info"`
-	}
-	if err := json.Unmarshal([]byte(mustRun(t, "ip", "-j", "-d", "addr", "show")), &links); err != nil {
-		t.Fatal(err)
-	}
-	var lines []string
-	for _, l := range links {
-		lines = append(lines, fmt.Sprintf("link %s kind=%s up=%t alias=%q master=%q", l.Name, l.LinkInfo.Kind, slices.Contains(l.Flags, "UP"), l.Alias, l.Master))
-		for _, a := range l.Addrs {
-			lines = append(lines, fmt.Sprintf("link %s addr %s %s/%d scope %s label %q", l.Name, a.Family, a.Local, a.Len, a.Scope, a.Label))
-		}
-	}
-	slices.Sort(lines)
-	b.WriteString(strings.Join(lines, "\n") + "\n")
-	for _, k := range factSysctls {
-		v, err := os.ReadFile("/proc/sys/" + k)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "sysctl %s=%s\n", k, strings.TrimSpace(string(v)))
-	}
-	return b.String()
+	return strings.Join(netState(t).Facts(), "\n") + "\n"
 }
 
 var (
