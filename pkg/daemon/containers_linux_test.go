@@ -642,3 +642,41 @@ func TestWithoutArptables(t *testing.T) {
 		t.Errorf("state after a stop without arptables differs (-before +after):\n%s", diff)
 	}
 }
+
+// TestContainerSourcesRole: a roles entry with sources gives containers in
+// that range its role, over IPv4 and IPv6, while the host keeps the
+// top-level role (a container is never taken for a host caller).
+func TestContainerSourcesRole(t *testing.T) {
+	e := newEnvOn(t, "0.0.0.0")
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err != nil {
+		t.Skipf("no IPv6 in this kernel: %v", err)
+	}
+	tp := newP2Topo(t)
+	port := e.moto.URL[strings.LastIndex(e.moto.URL, ":")+1:]
+	cfg := e.containersConfig("http://127.0.0.1:"+port, "auto", "auto")
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "roles:\n  - role_arn: arn:aws:iam::123456789012:role/ci\n    sources: [10.77.1.0/24, \"fd77:1::/64\"]\n")
+	f.Close()
+	d := e.serveWithUnitCaps(cfg)
+	e.waitNote("READY=1", d)
+
+	const list = "/latest/meta-data/iam/security-credentials/"
+	for _, base := range []string{"http://169.254.169.254", "http://[fd00:ec2::254]"} {
+		if got, err := tp.c1.curlIMDSv2(base, list); err != nil || got != "ci" {
+			t.Errorf("container in sources, %s: role list %q, %v; want ci", base, got, err)
+		}
+		if got, err := tp.c1.curlIMDSv2(base, list+"ci"); err != nil || !strings.Contains(got, `"Code" : "Success"`) {
+			t.Errorf("container in sources, %s: credentials %q, %v", base, got, err)
+		}
+	}
+	if code, body := imdsGet(t, list); code != 200 || body != "app" {
+		t.Errorf("host: role list %d %q; want app", code, body)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
