@@ -44,6 +44,15 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	printCallers(stdout, c)
 	fmt.Fprintf(stdout, "listener:  %s (tokens %s, hop limit %d)\n", c.IMDS.Listen, c.IMDS.Tokens, c.IMDS.HopLimit)
 	fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(c.IMDS.Listen))
+	if c.ManageNetwork() && c.Network.IPv6 != netredirect.IPv6False {
+		when := "network.ipv6: auto, only where this host has IPv6"
+		if c.Network.IPv6 == netredirect.IPv6True {
+			when = "network.ipv6: true"
+		}
+		v6 := netredirect.IPv6Target(c.IMDS.Listen)
+		fmt.Fprintf(stdout, "listener:  %s (%s)\n", v6, when)
+		fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(v6))
+	}
 	if l := c.Metrics.Listen; l.IsValid() {
 		fmt.Fprintf(stdout, "metrics:   http://%s/metrics\n", l)
 		fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(l))
@@ -208,7 +217,11 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	if st.RoleARN != "" {
 		fmt.Fprintf(w, "role:        %s\n", st.RoleARN)
 	}
-	fmt.Fprintf(w, "listener:    %s (tokens %s, hop limit %d)\n", st.Listen, st.Tokens, st.HopLimit)
+	ls := st.Listen
+	if len(st.Listeners) > 0 {
+		ls = strings.Join(st.Listeners, ", ")
+	}
+	fmt.Fprintf(w, "listener:    %s (tokens %s, hop limit %d)\n", ls, st.Tokens, st.HopLimit)
 	if st.CredentialsError != "" {
 		fmt.Fprintf(w, "credentials: NONE: %s\n", st.CredentialsError)
 	} else {

@@ -580,3 +580,30 @@ func TestExampleHasEveryKey(t *testing.T) {
 	}
 	walk("", reflect.TypeFor[Config]())
 }
+
+// TestContainersNeedAllowedSources: network.containers lets containers
+// connect; with no range allowed they would all get 403, which check says.
+func TestContainersNeedAllowedSources(t *testing.T) {
+	for _, tt := range []struct {
+		extra string
+		warn  bool
+	}{
+		{"network: {containers: [docker0]}\n", true},
+		{"network: {containers: [docker0]}\nimds: {allowed_cidrs: [172.17.0.0/16]}\n", false},
+		{"", false},
+	} {
+		c, err := Parse([]byte(minimal + tt.extra))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.extra, err)
+		}
+		var got bool
+		for _, w := range c.Warnings() {
+			if w.Key == "imds.allowed_cidrs" && strings.Contains(w.Msg, "containers on docker0 can connect") {
+				got = true
+			}
+		}
+		if got != tt.warn {
+			t.Errorf("%q: warning %t, want %t (%v)", tt.extra, got, tt.warn, c.Warnings())
+		}
+	}
+}

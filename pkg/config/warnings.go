@@ -23,6 +23,13 @@ func (c *Config) Warnings() []Problem {
 		}
 		w = append(w, Problem{"imds.listen", msg})
 	}
+	// The fence lets containers on these bridges connect; the handler
+	// then answers only sources it allows. With no range to allow, every
+	// container would get 403: the two must agree.
+	if c.ManageNetwork() && len(c.Network.Containers) > 0 && len(c.IMDS.AllowedCIDRs) == 0 && !c.hasSources() {
+		w = append(w, Problem{"imds.allowed_cidrs", fmt.Sprintf("is empty, so containers on %s can connect (network.containers) but are answered 403; "+
+			"list their address ranges (e.g. 172.17.0.0/16 for docker0)", strings.Join(c.Network.Containers, ", "))})
+	}
 	if c.IMDS.AllowRemote {
 		for _, l := range []struct {
 			key string
@@ -48,6 +55,15 @@ func (c *Config) Warnings() []Problem {
 		}
 	}
 	return w
+}
+
+func (c *Config) hasSources() bool {
+	for _, r := range c.Roles {
+		if len(r.Sources) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Reach says who can connect to a listener on ap.

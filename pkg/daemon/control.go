@@ -79,18 +79,21 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 
 // Status is what `imds-shim status` prints.
 type Status struct {
-	Version         string    `json:"version"`
-	PID             int       `json:"pid"`
-	Config          string    `json:"config"`
-	Started         time.Time `json:"started"`
-	RoleARN         string    `json:"role_arn"`
-	Listen          string    `json:"listen"`
-	Tokens          string    `json:"tokens"`
-	HopLimit        int       `json:"hop_limit"`
-	Metrics         string    `json:"metrics,omitempty"`
-	ManageNetwork   bool      `json:"manage_network"`
-	Reloads         int       `json:"reloads"`
-	LastReloadError string    `json:"last_reload_error,omitempty"`
+	Version string    `json:"version"`
+	PID     int       `json:"pid"`
+	Config  string    `json:"config"`
+	Started time.Time `json:"started"`
+	RoleARN string    `json:"role_arn"`
+	Listen  string    `json:"listen"`
+	// Listeners are every metadata listener, imds.listen first (with the
+	// network managed and IPv6 in use, [fd00:ec2::254] on the same port).
+	Listeners       []string `json:"listeners"`
+	Tokens          string   `json:"tokens"`
+	HopLimit        int      `json:"hop_limit"`
+	Metrics         string   `json:"metrics,omitempty"`
+	ManageNetwork   bool     `json:"manage_network"`
+	Reloads         int      `json:"reloads"`
+	LastReloadError string   `json:"last_reload_error,omitempty"`
 	// Credentials and Network come from the components themselves.
 	Credentials       any    `json:"credentials,omitempty"`
 	CredentialsError  string `json:"credentials_error,omitempty"`
@@ -107,11 +110,14 @@ func (d *daemon) managed() bool {
 
 func (d *daemon) status(ctx context.Context) Status {
 	d.mu.Lock()
-	cfg, creds, network, ln := d.cfg, d.creds, d.net, d.ln
+	cfg, creds, network, lns := d.cfg, d.creds, d.net, d.lns
 	s := Status{
 		Version: d.deps.Version, PID: os.Getpid(), Config: d.path, Started: d.started.UTC(),
-		RoleARN: cfg.RoleARN.String(), Listen: ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
+		RoleARN: cfg.RoleARN.String(), Listen: lns[0].ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
 		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr,
+	}
+	for _, b := range lns {
+		s.Listeners = append(s.Listeners, b.ln.Addr().String())
 	}
 	d.mu.Unlock()
 	if c, err := creds.Current(); err != nil {

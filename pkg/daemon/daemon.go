@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -161,7 +162,7 @@ func Run(ctx context.Context, path string, deps Deps, reload <-chan Reload) (err
 		d.notify("STATUS=start-up failed: " + oneLine(err))
 		return err
 	}
-	d.log.Info("ready", "roles", roleList(d.cfg), "listen", d.ln.Addr().String(), "network", d.cfg.ManageNetwork())
+	d.log.Info("ready", "roles", roleList(d.cfg), "listen", addrsOf(d.lns), "network", d.cfg.ManageNetwork())
 	d.notify("READY=1\nSTATUS=" + d.statusLine())
 	d.loop(ctx, reload)
 	return d.stop()
@@ -172,12 +173,14 @@ type daemon struct {
 	path string
 	log  *slog.Logger
 
-	mu       sync.Mutex // guards everything below against status readers
-	cfg      *config.Config
-	creds    CredentialEngine
-	net      Network
-	handler  Handler
-	ln       net.Listener
+	mu      sync.Mutex // guards everything below against status readers
+	cfg     *config.Config
+	creds   CredentialEngine
+	net     Network
+	handler Handler
+	// lns are the metadata listeners: imds.listen first, then the
+	// others the network planned (the IPv6 endpoint).
+	lns      []boundListener
 	srv      *HTTPServer
 	metrics  *HTTPServer
 	control  *HTTPServer
@@ -297,13 +300,15 @@ func (d *daemon) start(ctx context.Context) (err error) {
 		}()
 	}
 
-	ln, err := d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit)
+	// Every listener the redirect leads to, bound once Setup has put
+	// the addresses in place and decided whether IPv6 is used.
+	lns, _, err := d.bind(wantListeners(cfg, network), cfg.IMDS.HopLimit, nil)
 	if err != nil {
-		return exitErr(ExitNetwork, "binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
+		return exitErr(ExitNetwork, "%w", err)
 	}
 	defer func() {
 		if err != nil {
-			ln.Close()
+			closeAll(lns)
 		}
 	}()
 
@@ -324,11 +329,13 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	}
 
 	d.mu.Lock()
-	d.creds, d.handler, d.net, d.ln, d.metrics, d.control = creds, handler, network, ln, metrics, control
+	d.creds, d.handler, d.net, d.lns, d.metrics, d.control = creds, handler, network, lns, metrics, control
 	d.srv = d.newAPIServer(ctx, handler)
 	d.serveErr = make(chan error, 4)
 	d.mu.Unlock()
-	d.serve(d.srv, ln)
+	for _, b := range lns {
+		d.serve(d.srv, b.ln)
+	}
 	d.switched(creds)
 	d.credsRun = startRunner(ctx, d.log, "credentials", creds.Run)
 	if network != nil {
@@ -400,14 +407,17 @@ func (d *daemon) watchdog(ctx context.Context) {
 	}
 }
 
-// probe checks that this process answers on its own listener.
+// probe checks that this process answers on each of its own listeners.
 func (d *daemon) probe(ctx context.Context) error {
 	d.mu.Lock()
-	addr := d.ln.Addr().String()
+	lns := d.lns
 	d.mu.Unlock()
-	if err := d.prober.probe(ctx, addr); err != nil {
-		d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
-		return err
+	for _, b := range lns {
+		addr := b.ln.Addr().String()
+		if err := d.prober.probe(ctx, addr); err != nil {
+			d.log.Warn("probe of own listener failed", "addr", addr, "err", err)
+			return fmt.Errorf("%s: %w", addr, err)
+		}
 	}
 	return nil
 }
@@ -415,14 +425,29 @@ func (d *daemon) probe(ctx context.Context) error {
 // probeEndpoint checks, with the network managed, that requests to the
 // endpoint reach this process (not a stale rule, another host, or another
 // process holding the redirect target).
+//
+// The other listeners the network planned sit on the other endpoint
+// addresses ([fd00:ec2::254] with IPv6), so each of those addresses is
+// probed too, on the endpoint's port.
 func (d *daemon) probeEndpoint(ctx context.Context) error {
 	ep := d.deps.Endpoint
 	if ep == "" || !d.managed() {
 		return nil
 	}
-	if err := d.prober.probe(ctx, ep); err != nil {
-		d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
-		return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
+	eps := []string{ep}
+	if ap, err := netip.ParseAddrPort(ep); err == nil {
+		d.mu.Lock()
+		lns := d.lns
+		d.mu.Unlock()
+		for _, b := range lns[1:] {
+			eps = append(eps, netip.AddrPortFrom(b.addr.Addr(), ap.Port()).String())
+		}
+	}
+	for _, ep := range eps {
+		if err := d.prober.probe(ctx, ep); err != nil {
+			d.log.Warn("probe through the endpoint failed", "endpoint", ep, "err", err)
+			return fmt.Errorf("http://%s/ does not reach this imds-shim: %w", ep, err)
+		}
 	}
 	return nil
 }

@@ -15,6 +15,16 @@
 // golang.org/x/net/netutil.LimitListener, whose connection type hides the
 // socket that Deps.ConnContext (caller identification) needs to query.
 //
+// The metadata API listens on every address the redirect leads to:
+// imds.listen and, when the network's Setup decided to answer at
+// [fd00:ec2::254] (ListenerPlanner), that address on the same port; one
+// handler, one hop limit per accepted connection, one port rule for all.
+// Listeners are bound after Setup at start, since the addresses they bind
+// exist only then. A reload binds what it can before the redirect moves
+// (imds.listen, and the IPv6 address on a new port), the rest right after
+// the new network's Setup (IPv6 turned on; a failure puts the previous
+// redirect back), and closes a listener only once no plan needs it.
+//
 // No other user can take the metadata endpoint: serve refuses a listen
 // port at or above net.ipv4.ip_unprivileged_port_start (the unit grants
 // CAP_NET_BIND_SERVICE for the default, 254) unless the operator allowed

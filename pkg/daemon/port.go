@@ -14,7 +14,10 @@ import (
 // close and a bind, answers every SDK on the host with their own
 // credentials. Ports below net.ipv4.ip_unprivileged_port_start need
 // CAP_NET_BIND_SERVICE (the unit grants it); hosts that lowered that
-// sysctl exist, so the check reads it rather than assuming 1024.
+// sysctl exist, so the check reads it rather than assuming 1024. The
+// IPv6 listener ([fd00:ec2::254]) uses the same port, and the kernel
+// applies this IPv4-named sysctl to IPv6 binds too (inet6_bind), so one
+// check covers every metadata listener.
 func (d *daemon) checkPort(cfg *config.Config) error {
 	ap := cfg.IMDS.Listen
 	if d.deps.AllowUnprivilegedPort != nil && d.deps.AllowUnprivilegedPort(cfg) {

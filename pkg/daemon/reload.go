@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -43,7 +45,7 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 	}
 	d.mu.Lock()
 	old := d.cfg
-	creds, ln := d.creds, d.ln
+	creds, lns := d.creds, d.lns
 	d.mu.Unlock()
 
 	// 1. Credentials: a new role (or any credential setting) gets its first
@@ -69,71 +71,106 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		}
 	}
 
-	// 2. The listener. A listener that stays configured is never closed:
-	// between a close and a bind any user could take a port above
-	// ip_unprivileged_port_start, and clients would be refused. A new
+	// 2. The listeners, before the redirect moves. A listener that stays
+	// configured is never closed: between a close and a bind another
+	// process could take the port, and clients would be refused. A new
 	// address is bound beside the old one, which closes only after the
 	// switch; a new hop limit applies to connections accepted from now on.
-	newLn := ln
-	abandonListener := func() {}
-	switch {
-	case old.IMDS.Listen != cfg.IMDS.Listen:
+	// What can be bound now is: imds.listen, and each other listener's
+	// address (the IPv6 endpoint, already in place) on the new port.
+	// Listeners whose address the new network puts in place (IPv6 turned
+	// on) are bound right after its Setup, below.
+	if old.IMDS.Listen != cfg.IMDS.Listen {
 		if err := d.checkPort(cfg); err != nil {
 			return err
 		}
-		if newLn, err = d.deps.Listen(cfg.IMDS.Listen.String(), cfg.IMDS.HopLimit); err != nil {
-			return fmt.Errorf("binding the metadata listener %s: %w", cfg.IMDS.Listen, err)
+	}
+	_, added, err := d.bind([]netip.AddrPort{cfg.IMDS.Listen}, cfg.IMDS.HopLimit, lns)
+	if err != nil {
+		return err
+	}
+	for _, b := range lns[1:] {
+		a := netip.AddrPortFrom(b.addr.Addr(), cfg.IMDS.Listen.Port())
+		if _, more, err := d.bind([]netip.AddrPort{a}, cfg.IMDS.HopLimit, append(slices.Clone(lns), added...)); err == nil {
+			added = append(added, more...)
+		} else {
+			// Step 5 binds it after all if the new network plans it,
+			// or rejects the reload.
+			d.log.Debug("binding a listener before the redirect moves", "addr", a, "err", err)
 		}
-		d.serve(d.srv, newLn)
-		abandonListener = func() { newLn.Close() }
-	case old.IMDS.HopLimit != cfg.IMDS.HopLimit:
-		hl, ok := ln.(hopLimiter)
-		if !ok {
-			return fmt.Errorf("imds.hop_limit: the metadata listener %s cannot change its hop limit", ln.Addr())
+	}
+	for _, b := range added {
+		d.serve(d.srv, b.ln)
+	}
+	if old.IMDS.HopLimit != cfg.IMDS.HopLimit {
+		if err := setHopLimits(lns, cfg.IMDS.HopLimit, old.IMDS.HopLimit); err != nil {
+			closeAll(added)
+			return err
 		}
-		if err := hl.SetHopLimit(cfg.IMDS.HopLimit); err != nil {
-			return fmt.Errorf("imds.hop_limit: %w", err)
-		}
-		abandonListener = func() {
-			if err := hl.SetHopLimit(old.IMDS.HopLimit); err != nil {
+	}
+	abandonListeners := func() {
+		closeAll(added)
+		if old.IMDS.HopLimit != cfg.IMDS.HopLimit {
+			if err := setHopLimits(lns, old.IMDS.HopLimit, cfg.IMDS.HopLimit); err != nil {
 				d.log.Error("restoring the hop limit", "err", err)
 			}
 		}
 	}
 
 	// 3. The handler: one handler serves every listener, so switching it
-	// while the redirect still points at the old listener is safe. It
+	// while the redirect still points at the old listeners is safe. It
 	// goes before the network because it can still refuse (an unreadable
 	// metadata_dir), and nothing outside the process has changed yet.
 	if err := d.handler.Update(cfg, newCreds); err != nil {
-		abandonListener()
+		abandonListeners()
 		return fmt.Errorf("applying the metadata configuration: %w", err)
+	}
+	restoreHandler := func(err error) error {
+		if rerr := d.handler.Update(old, creds); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("restoring the previous metadata configuration: %w", rerr))
+		}
+		abandonListeners()
+		return err
 	}
 
 	// 4. Network: converge to the new plan; on failure put the handler
 	// back too, so the old configuration keeps running whole.
+	cur := d.net
 	newNet, err := d.reloadNetwork(ctx, old, cfg, !reflect.DeepEqual(oldComp.Network, newComp.Network))
 	if err != nil {
-		if rerr := d.handler.Update(old, creds); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("restoring the previous metadata configuration: %w", rerr))
-		}
-		abandonListener()
-		return err
+		return restoreHandler(err)
 	}
 
-	// 5. Switch.
+	// 5. The listeners whose addresses only the new network put in place
+	// (the IPv6 endpoint when IPv6 was turned on). Failing here puts the
+	// previous network back.
+	want := wantListeners(cfg, newNet)
+	all, late, err := d.bind(want, cfg.IMDS.HopLimit, append(slices.Clone(lns), added...))
+	if err != nil {
+		if newNet != cur {
+			err = errors.Join(err, d.restoreNetwork(ctx, old, cfg, cur, newNet))
+		}
+		return restoreHandler(err)
+	}
+	for _, b := range late {
+		d.serve(d.srv, b.ln)
+	}
+
+	// 6. Switch.
 	d.mu.Lock()
-	d.cfg, d.creds, d.ln, d.net = cfg, newCreds, newLn, newNet
+	d.cfg, d.creds, d.lns, d.net = cfg, newCreds, all, newNet
 	d.mu.Unlock()
-	if newLn != ln && old.IMDS.Listen != cfg.IMDS.Listen {
-		// The redirect points at the new listener now. A connection
-		// redirected to the old one just before the switch may still
+	if gone := without(lns, want); len(gone) > 0 {
+		// The redirect points at the new listeners now. A connection
+		// redirected to an old one just before the switch may still
 		// sit in its accept queue, which closing would reset: let the
 		// server take those first. Requests already accepted on it
 		// finish normally after the close.
 		time.Sleep(listenerHandover)
-		ln.Close()
+		closeAll(gone)
 	}
+	// Bound early but not planned after all (IPv6 turned off).
+	closeAll(without(added, want))
 	if newCreds != creds {
 		d.switched(newCreds)
 		// A new engine that shares refreshers with the old one takes
@@ -227,6 +264,29 @@ func (d *daemon) reloadNetwork(ctx context.Context, old, cfg *config.Config, cha
 	}
 	d.netRun = startRunner(ctx, d.log, "network", next.Run)
 	return next, nil
+}
+
+// restoreNetwork puts the previous network cur back after next was set up
+// by reloadNetwork and the reload then failed.
+func (d *daemon) restoreNetwork(ctx context.Context, old, cfg *config.Config, cur, next Network) error {
+	d.netRun.stop()
+	d.netRun = nil
+	var errs []error
+	sameSite := cur != nil && next != nil && old.Network.Link == cfg.Network.Link && old.Network.Backend == cfg.Network.Backend
+	if next != nil && !sameSite {
+		if err := next.Teardown(context.WithoutCancel(ctx)); err != nil {
+			errs = append(errs, fmt.Errorf("removing the new network redirect: %w", err))
+		}
+	}
+	if cur != nil {
+		// On the same link and backend Setup converges our chains back
+		// to the previous plan in place.
+		if err := cur.Setup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("restoring the previous redirect: %w", err))
+		}
+		d.netRun = startRunner(ctx, d.log, "network", cur.Run)
+	}
+	return errors.Join(errs...)
 }
 
 // components returns cfg's component configurations. Without

@@ -109,9 +109,13 @@ type env struct {
 	notes  chan string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvOn(t, "127.0.0.1") }
+
+// newEnvOn is newEnv with moto listening on host (0.0.0.0 for clients in
+// other namespaces).
+func newEnvOn(t *testing.T, host string) *env {
 	nstest.RequireRootNetns(t)
-	e := &env{t: t, dir: t.TempDir(), moto: moto.Start(t, "127.0.0.1"), notes: make(chan string, 100)}
+	e := &env{t: t, dir: t.TempDir(), moto: moto.Start(t, host), notes: make(chan string, 100)}
 	// A root-owned source credentials file, as an operator would write.
 	if err := os.WriteFile(filepath.Join(e.dir, "credentials"),
 		[]byte("[default]\naws_access_key_id = AKIAINTEGRATIONTEST1\naws_secret_access_key = integration-secret\n"), 0o600); err != nil {

@@ -13,9 +13,17 @@ import (
 
 // Listen listens on a TCP address and sets the IP TTL (IPv4) and unicast
 // hop limit (IPv6) of every accepted connection to the listener's hop limit
-// (1..64), so that responses cannot travel further than EC2's PUT response
-// hop limit allows: with 1, a client behind one more hop (a container
-// bridge, a routed peer) connects but never receives an answer.
+// (1..64), as EC2 does with its PUT response hop limit: a reply leaves with
+// that many hops to live, and each router on the way back takes one. With
+// 1, a client a routed hop away (behind NAT on another host, a nested
+// network namespace that routes through another) connects but never
+// receives an answer.
+//
+// It does not keep containers on this host out: a container on a bridge
+// receives the host's replies directly, with no forwarding hop in between,
+// so TTL 1 reaches it (measured). Who may connect at all is decided by the
+// redirect's rules (netredirect: only this host's processes and the bridges
+// in network.containers) and by imds.allowed_cidrs.
 //
 // The limit is read on every Accept, so SetHopLimit changes it for the
 // next connection without closing the socket: a reload never opens a

@@ -63,6 +63,22 @@ func TestListenHopLimit(t *testing.T) {
 	if _, hops := acceptedHops(t, ln6); hops != 3 {
 		t.Errorf("IPv6 accepted socket IPV6_UNICAST_HOPS = %d, want 3", hops)
 	}
+	// The daemon binds the IPv6 endpoint with network "tcp" (a socket
+	// that is not v6-only), and changes its limit in place on reload.
+	ln, err := Listen("tcp", "[::1]:0", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, hops := acceptedHops(t, ln); hops != 2 {
+		t.Errorf("IPv6 listener from \"tcp\": IPV6_UNICAST_HOPS = %d, want 2", hops)
+	}
+	if err := ln.SetHopLimit(5); err != nil {
+		t.Fatal(err)
+	}
+	if _, hops := acceptedHops(t, ln); hops != 5 {
+		t.Errorf("IPv6 listener after SetHopLimit(5): IPV6_UNICAST_HOPS = %d", hops)
+	}
 }
 
 // The accepted socket gets the limit even if the listener's was changed
