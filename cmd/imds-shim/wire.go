@@ -382,6 +382,7 @@ func productionDeps(log *slog.Logger, logs *logging, rtDir string, first *config
 			return imds.Listen("tcp", addr, hop)
 		},
 		AllowUnprivilegedPort: func(c *config.Config) bool { return c.IMDS.AllowUnprivilegedPort },
+		ForgetClosedFlows:     netredirect.ForgetClosedFlows,
 		MetricsHandler:        promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}),
 		OnCredentials: func(e daemon.CredentialEngine) {
 			if s, ok := e.(*credentials.Set); ok {

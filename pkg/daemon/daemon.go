@@ -98,6 +98,13 @@ type Deps struct {
 	Listen func(addr string, hopLimit int) (net.Listener, error)
 	// ListenMetrics binds the metrics listener.
 	ListenMetrics func(addr string) (net.Listener, error)
+	// ForgetClosedFlows, when set, is called with the address of a
+	// metadata listener that a reload closed, once at the close and once
+	// more after forgetAgainAfter: it removes the connection-tracking
+	// entries of ended flows redirected there, which would otherwise send
+	// a client that reuses their source port to the closed port
+	// (netredirect.ForgetClosedFlows).
+	ForgetClosedFlows func(addr netip.AddrPort) (uint, error)
 	// MetricsHandler serves /metrics; nil serves only /healthz.
 	MetricsHandler http.Handler
 	Notifier       Notifier

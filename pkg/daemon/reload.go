@@ -168,6 +168,7 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		// finish normally after the close.
 		time.Sleep(listenerHandover)
 		closeAll(gone)
+		d.forgetClosedFlows(gone)
 	}
 	// Bound early but not planned after all (IPv6 turned off).
 	closeAll(without(added, want))
@@ -205,6 +206,30 @@ type acquirer interface{ Acquire() }
 // discarder is an engine that can release what it started without ever
 // having run (credentials.Set), for a rejected reload.
 type discarder interface{ Discard() }
+
+// forgetAgainAfter is when ended flows to a closed listener are looked
+// for a second time: a connection that was still closing on it at the
+// close ends within this time or keeps its server socket.
+const forgetAgainAfter = 2 * time.Second
+
+// forgetClosedFlows removes the connection-tracking entries of ended flows
+// to the listeners a reload closed, now and once more a little later.
+func (d *daemon) forgetClosedFlows(gone []boundListener) {
+	if d.deps.ForgetClosedFlows == nil {
+		return
+	}
+	forget := func() {
+		for _, b := range gone {
+			if n, err := d.deps.ForgetClosedFlows(b.addr); err != nil {
+				d.log.Warn("forgetting ended connections to a closed listener", "addr", b.addr, "err", err)
+			} else if n > 0 {
+				d.log.Debug("forgot ended connections to a closed listener", "addr", b.addr, "flows", n)
+			}
+		}
+	}
+	forget()
+	time.AfterFunc(forgetAgainAfter, forget)
+}
 
 // listenerHandover is how long an old listener keeps accepting after the
 // redirect moved to the new one: far longer than a SYN takes on this host.
