@@ -8,7 +8,6 @@ package netredirect
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/imds-shim/imds-shim/pkg/internal/hoststate"
 	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -77,60 +77,18 @@ func xtablesSave(t testing.TB, cmd, backend string) string {
 	return b.String()
 }
 
-// stateSysctls are the settings that decide who can reach a local address;
-// the package must never change them (issue 13).
-var stateSysctls = []string{
-	"net/ipv4/conf/all/route_localnet", "net/ipv4/conf/default/route_localnet", "net/ipv4/conf/lo/route_localnet",
-	"net/ipv4/conf/all/arp_ignore", "net/ipv4/conf/default/arp_ignore", "net/ipv4/conf/lo/arp_ignore",
-	"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding",
-	"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6", "net/ipv6/conf/lo/disable_ipv6",
-}
-
-// hostState is everything the package may touch, as facts: both backends'
-// rules for IPv4 and IPv6, every link by name (kind, admin state, alias),
-// every address by link name (prefix, scope, label; no index, no transient
-// flags such as tentative, no lifetimes) and the sysctls above.
-//
-// This is a local comparison until pkg/internal/hoststate (issue 15) lands;
-// then it should be replaced by it.
-func hostState(t testing.TB) string {
+// hostState is everything the package may touch, as facts
+// (pkg/internal/hoststate): both backends' rules for IPv4, IPv6 and ARP,
+// every link by name, every address by link name (no index, no transient
+// flags, no lifetimes) and the sysctls that decide who can reach a local
+// address, which the package must never change (issue 13).
+func hostState(t testing.TB) *hoststate.Snapshot {
 	t.Helper()
-	var b strings.Builder
-	for _, be := range backends {
-		fmt.Fprintf(&b, "## iptables-%s\n%s", be, iptablesSave(t, be))
-		fmt.Fprintf(&b, "## ip6tables-%s\n%s", be, xtablesSave(t, "ip6tables", be))
-		if _, err := exec.LookPath("arptables-" + be + "-save"); err == nil {
-			fmt.Fprintf(&b, "## arptables-%s\n%s", be, xtablesSave(t, "arptables", be))
-		}
-	}
-	var links []ipLink
-	if err := json.Unmarshal([]byte(run(t, "ip", "-j", "-d", "addr", "show")), &links); err != nil {
+	s, err := hoststate.Take(hoststate.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	slices.SortFunc(links, func(x, y ipLink) int { return strings.Compare(x.Name, y.Name) })
-	b.WriteString("## links and addresses\n")
-	for _, l := range links {
-		// Carrier and operational state settle asynchronously and are
-		// nobody's configuration; the admin state is.
-		fmt.Fprintf(&b, "%s kind=%s up=%t alias=%q\n", l.Name, l.LinkInfo.Kind, slices.Contains(l.Flags, "UP"), l.Alias)
-		var addrs []string
-		for _, a := range l.Addrs {
-			addrs = append(addrs, fmt.Sprintf("  %s %s/%d scope %s label %q", a.Family, a.Local, a.Len, a.Scope, a.Label))
-		}
-		slices.Sort(addrs)
-		for _, a := range addrs {
-			b.WriteString(a + "\n")
-		}
-	}
-	b.WriteString("## sysctls\n")
-	for _, k := range stateSysctls {
-		v, err := os.ReadFile("/proc/sys/" + k)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "%s=%s\n", k, strings.TrimSpace(string(v)))
-	}
-	return b.String()
+	return s
 }
 
 // ipLink is a link as `ip -j -d addr show` prints it.
@@ -152,9 +110,9 @@ type ipLink struct {
 }
 
 // sameHost fails t unless the host state equals before.
-func sameHost(t testing.TB, what, before string) {
+func sameHost(t testing.TB, what string, before *hoststate.Snapshot) {
 	t.Helper()
-	if d := cmp.Diff(before, hostState(t)); d != "" {
+	if d := before.Diff(hostState(t)); d != "" {
 		t.Errorf("%s: host state changed (-before +now):\n%s", what, d)
 	}
 }
@@ -265,15 +223,19 @@ func TestKernelRedirectBothBackends(t *testing.T) {
 			}
 			sameHost(t, "second Setup", afterSetup)
 			for _, want := range []string{
-				"-A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT",
-				"-A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination " + target.String(),
-				"-A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT",
-				"-A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination " + IPv6Target(target).String(),
-				`inet 169.254.169.254/32 scope host label "lo:imds"`,
-				`inet6 fd00:ec2::254/128 scope global label ""`,
+				"ipv4 nat: -A OUTPUT -m comment --comment imds-shim -j IMDS-SHIM-OUTPUT",
+				"ipv4 nat: -A IMDS-SHIM-OUTPUT -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination " + target.String(),
+				"ipv4 filter: -A INPUT -m comment --comment imds-shim -j IMDS-SHIM-INPUT",
+				"ipv6 nat: -A IMDS-SHIM-OUTPUT -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment imds-shim -j DNAT --to-destination " + IPv6Target(target).String(),
+				"address 169.254.169.254/32 on lo scope host label lo:imds",
+				"address fd00:ec2::254/128 on lo scope global",
 			} {
-				if !strings.Contains(afterSetup, want) {
-					t.Errorf("host state after Setup lacks %q:\n%s", want, afterSetup)
+				fact := want
+				if strings.HasPrefix(want, "ipv") {
+					fact = "iptables " + be + " " + want // a rule, in this test's backend
+				}
+				if !afterSetup.Has(fact) {
+					t.Errorf("host state after Setup lacks %q:\n%s", want, strings.Join(afterSetup.Facts(), "\n"))
 				}
 			}
 			other := BackendLegacy

@@ -15,8 +15,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/imds-shim/imds-shim/pkg/netredirect"
 )
 
 // Options says what Take reads beyond the namespace itself.
@@ -112,9 +110,15 @@ func (s *Snapshot) readLinksAndAddrs() error {
 	return nil
 }
 
+// ownedLinkAlias is netredirect.LinkAlias, the ownership marker of
+// imds-shim's dummy link, which never changes between versions. It is not
+// imported so that netredirect's own tests can use this package; a test
+// checks that the two agree.
+const ownedLinkAlias = "imds-shim"
+
 // ours reports whether l is imds-shim's own dummy link.
 func ours(l netlink.Link) bool {
-	return l.Type() == "dummy" && l.Attrs().Alias == netredirect.LinkAlias
+	return l.Type() == "dummy" && l.Attrs().Alias == ownedLinkAlias
 }
 
 func scopeName(sc int) string {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imds-shim/imds-shim/pkg/internal/nstest"
+	"github.com/imds-shim/imds-shim/pkg/netredirect"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }
@@ -143,5 +144,13 @@ func TestNamedNetns(t *testing.T) {
 	}
 	if s.Netns == nil {
 		t.Error("Netns is nil though asked for")
+	}
+}
+
+// The dummy link's ownership marker is netredirect's, copied to avoid an
+// import cycle with netredirect's tests.
+func TestOwnedLinkAliasIsNetredirects(t *testing.T) {
+	if ownedLinkAlias != netredirect.LinkAlias {
+		t.Fatalf("ownedLinkAlias %q, netredirect.LinkAlias %q", ownedLinkAlias, netredirect.LinkAlias)
 	}
 }
