@@ -11,8 +11,9 @@
 # and the Go SDK with no AWS configuration at all, reload with a new role,
 # reinstall (upgrade) while running, kill -9, per-service roles (a User= and
 # a DynamicUser= service, each its own role), a "container" (a netns behind a
-# bridge of the guest) getting its sources role, the iptables-legacy
-# backend, stop, the watchdog, purge. The .rpm is checked with rpm queries and an
+# bridge of the guest) getting its sources role, the listening sockets
+# surviving reloads under a client loop, the iptables-legacy backend, stop,
+# the watchdog, purge. The .rpm is checked with rpm queries and an
 # install into an `rpm --root` tree. Each step prints its time.
 #
 # If a run is killed before its cleanup, the next run removes what it left
@@ -507,6 +508,57 @@ expect_match "container's credential document is a Success" "^Success " "$out"
 expect_eq "container's credentials are the sources role's (aws sts get-caller-identity)" e2e-ctr "$(printf '%s' "$out" | role_of)"
 [ "$(printf '%s' "$out" | role_of)" = e2e-ctr ] || echo "         document: ${doc:0:200} / $out"
 step "container netns on $BR: its sources role"
+
+# ------------------------------------------------ the listener across reloads
+# Issue 17: a reload that changes only imds.hop_limit keeps the listening
+# socket (same inode, same process) and fails no request, while a client
+# loop in the guest keeps opening new connections (bounded: 30 s, 5000 pairs).
+listeners=$(status_json listeners | xargs)
+# listen_socks: "ADDRESS pid=P ino=I" of each socket listening on $listeners.
+listen_socks() {
+	local ss a
+	ss=$(g ss -Hltnep)
+	for a in $listeners; do
+		printf '%s\n' "$ss" | awk -v a="$a" '$4 == a' | sed -n "s/.*pid=\([0-9]*\),.* ino:\([0-9]*\).*/$a pid=\1 ino=\2/p"
+	done
+}
+sock_before=$(listen_socks)
+mainpid=$(g systemctl show -p MainPID --value imds-shim)
+expect_eq "the daemon's listeners ($listeners) are its sockets, one each" \
+	"$(for a in $listeners; do echo "$a pid=$mainpid"; done)" "$(printf '%s\n' "$sock_before" | sed 's/ ino=[1-9][0-9]*$//')"
+g rm -f /run/e2e-loop.stop /run/e2e-loop.n
+gsh 'n=0 f=0 end=$((SECONDS + 30))
+while [ ! -e /run/e2e-loop.stop ] && [ $n -lt 5000 ] && [ $SECONDS -lt $end ]; do
+	n=$((n + 1))
+	t=$(curl -fsS --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" http://169.254.169.254/latest/api/token 2>/dev/null) &&
+		curl -fsS --max-time 2 -o /dev/null -H "X-aws-ec2-metadata-token: $t" http://169.254.169.254/latest/meta-data/iam/security-credentials/ 2>/dev/null ||
+		f=$((f + 1))
+	echo $n > /run/e2e-loop.n
+done
+echo "$n $f"' > "$WORK/loop.txt" 2>&1 &
+LOOPPID=$!
+loop_n() { g cat /run/e2e-loop.n 2>/dev/null || echo 0; }
+# wait_loop N: until the loop has made N more request pairs.
+wait_loop() {
+	local from; from=$(loop_n)
+	for _ in $(seq 1 100); do
+		[ "$(loop_n)" -ge $((from + $1)) ] && return 0
+		kill -0 "$LOOPPID" 2>/dev/null || { fail "the client loop ended early: $(cat "$WORK/loop.txt")"; return 0; }
+		sleep 0.05
+	done
+	fail "the client loop made no progress"
+}
+wait_loop 10
+for hop in 2 1 2 1 2; do reload_to $hop; wait_loop 5; done
+wait_loop 10
+g touch /run/e2e-loop.stop
+wait "$LOOPPID" || true
+read -r nreq nfail < "$WORK/loop.txt" || true
+expect_eq "no request failed during 5 reloads of imds.hop_limit ($nreq token+GET pairs)" 0 "$nfail"
+expect_eq "the same process and listening sockets after the reloads" "$sock_before" "$(listen_socks)"
+expect_eq "status shows the new hop limit" 2 "$(status_json hop_limit)"
+g rm -f /run/e2e-loop.stop /run/e2e-loop.n
+step "5 reloads of imds.hop_limit under a client loop"
 
 # The guest's own test user, bridge and netns go; stop compares with before.
 gsh "ip netns del $CTR_NS; ip link del $BR; userdel e2eweb" || fail "removing the test's bridge, netns and user"
