@@ -9,8 +9,11 @@
 # STS emulator listens. Inside, the .deb is installed with apt and driven the
 # way an operator would: configure, `systemctl enable --now`, AWS CLI, boto3
 # and the Go SDK with no AWS configuration at all, reload with a new role,
-# reinstall (upgrade) while running, kill -9, the iptables-legacy backend,
-# stop, the watchdog, purge. The .rpm is checked with rpm queries and an
+# reinstall (upgrade) while running, kill -9, per-service roles (a User= and
+# a DynamicUser= service, each its own role), a "container" (a netns behind a
+# bridge of the guest) getting its sources role, the listening sockets
+# surviving reloads under a client loop, the iptables-legacy backend, stop,
+# the watchdog, purge. The .rpm is checked with rpm queries and an
 # install into an `rpm --root` tree. Each step prints its time.
 #
 # If a run is killed before its cleanup, the next run removes what it left
@@ -392,6 +395,173 @@ expect_same "after kill -9 and restart: exactly one copy of every rule and addre
 out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
 expect_eq "credentials served after the restart" e2e-second "$(printf '%s' "$out" | role_of)"
 step "kill -9 -> restart"
+
+# ------------------------------------------- per-service and container roles
+# Issue 12 and 13: two services with no AWS configuration of their own, one
+# with User= (a system user) and one with DynamicUser= (a uid that is in no
+# /etc/passwd, so matched by its unit), and a process in a second network
+# namespace behind a bridge of the guest (a "container", matched by source
+# address), each get their own role through http://169.254.169.254/. The
+# test itself (root, in no entry) keeps getting the top-level role.
+CTR_NS=e2ectr BR=e2ebr0
+gsh "set -e
+useradd --system --no-create-home --shell /usr/sbin/nologin e2eweb
+ip link add $BR type bridge
+ip addr add 10.77.0.1/24 dev $BR
+ip link set $BR up
+ip netns add $CTR_NS
+ip link add e2ectr0 type veth peer name eth0 netns $CTR_NS
+ip link set e2ectr0 master $BR up
+ip -n $CTR_NS addr add 10.77.0.2/24 dev eth0
+ip -n $CTR_NS link set lo up
+ip -n $CTR_NS link set eth0 up
+ip -n $CTR_NS route add default via 10.77.0.1" || fail "setting up the user, bridge and netns in the guest"
+# write_roles_config HOP_LIMIT. The container range is in imds.allowed_cidrs
+# too: the handler answers only loopback, the endpoint and those ranges, and
+# today a roles[].sources entry alone is answered 403.
+write_roles_config() {
+	write_config "$ROLE2"
+	gsh "cat >> /etc/imds-shim/imds-shim.yaml <<EOF
+imds:
+  hop_limit: $1
+  allowed_cidrs: [10.77.0.0/24]
+network:
+  containers: [$BR]
+roles:
+  - role_arn: arn:aws:iam::123456789012:role/e2e-web
+    users: [e2eweb]
+  - role_arn: arn:aws:iam::123456789012:role/e2e-dyn
+    units: [e2e-dyn.service]
+  - role_arn: arn:aws:iam::123456789012:role/e2e-ctr
+    sources: [10.77.0.0/24]
+EOF"
+}
+# status_json KEY: one key of `imds-shim status --json`; a list one item a line.
+status_json() {
+	g imds-shim status --json | python3 -c '
+import json, sys
+v = json.load(sys.stdin).get(sys.argv[1], "")
+print("\n".join(v) if isinstance(v, list) else v)' "$1"
+}
+# reload_to HOP_LIMIT: reload and wait until the daemon has applied it.
+reload_to() {
+	local n
+	n=$(status_json reloads)
+	write_roles_config "$1"
+	g systemctl reload imds-shim || fail "systemctl reload (hop_limit $1)"
+	for _ in $(seq 1 100); do
+		[ "$(status_json reloads)" -gt "$n" ] && [ "$(status_json hop_limit)" = "$1" ] && return 0
+		sleep 0.05
+	done
+	fail "reload to hop_limit $1 not applied: $(status_json last_reload_error)"
+}
+reload_to 1
+expect_eq "active with per-service roles and a container bridge" active "$(g systemctl is-active imds-shim || true)"
+expect_eq "the reload to roles was accepted" "" "$(status_json last_reload_error)"
+# What each unconfigured client sees: the listing over IMDSv2, then the Go SDK's caller identity.
+svc_client='t=$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" http://169.254.169.254/latest/api/token) &&
+echo "list=$(curl -fsS -H "X-aws-ec2-metadata-token: $t" http://169.254.169.254/latest/meta-data/iam/security-credentials/ | tr "\n" " ")"
+/xfer/goclient'
+# run_service UNIT PROPERTY: a transient service, as systemd runs any other.
+run_service() {
+	g systemd-run --quiet --wait --pipe --collect --unit="$1" -p "$2" -E AWS_ENDPOINT_URL_STS="$STS" \
+		/bin/bash -c "$svc_client" 2>&1 || true
+}
+# The guest's layout is the host's (hybrid here: systemd's cgroup2 mirror at
+# /sys/fs/cgroup/unified). `check` says what it allows, run as a service: a
+# command nsenter'd into the guest stays in a host cgroup outside the guest's
+# tree (its socket shows no unit, and check's self-test then reports the
+# root cgroup).
+out=$(g systemd-run --quiet --wait --pipe --collect imds-shim check 2>&1 || true)
+echo "  note guest cgroups: $(printf '%s\n' "$out" | sed -n 's/^cgroups: *//p')"
+expect_match "check, run as a service, identifies it by its unit" "^identify: +ok .* unit=run-[^ ]*[.]service" "$out"
+expect_match "check: this cgroup layout matches callers by systemd unit" "^cgroups: .*systemd unit" "$out"
+out=$(run_service e2e-web.service User=e2eweb)
+expect_eq "User=e2eweb service: the listing names only its role" "list=e2e-web" "$(printf '%s\n' "$out" | sed -n 's/^\(list=.*[^ ]\) *$/\1/p')"
+expect_eq "User=e2eweb service: Go SDK caller identity is its role" e2e-web "$(printf '%s' "$out" | role_of)"
+[ "$(printf '%s' "$out" | role_of)" = e2e-web ] || echo "         it said: $out"
+out=$(run_service e2e-dyn.service DynamicUser=yes)
+expect_eq "DynamicUser=yes service: the listing names only its role" "list=e2e-dyn" "$(printf '%s\n' "$out" | sed -n 's/^\(list=.*[^ ]\) *$/\1/p')"
+expect_eq "DynamicUser=yes service: Go SDK caller identity is its role" e2e-dyn "$(printf '%s' "$out" | role_of)"
+[ "$(printf '%s' "$out" | role_of)" = e2e-dyn ] || echo "         it said: $out"
+out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+expect_eq "root, in no entry, still gets the top-level role" e2e-second "$(printf '%s' "$out" | role_of)"
+expect_match "audit line names the DynamicUser unit and its role" "caller .*unit=e2e-dyn.service.*role=[^ ]*e2e-dyn" \
+	"$(g journalctl -u imds-shim.service --no-pager -o cat | grep -m1 'unit=e2e-dyn.service' || true)"
+step "per-service roles: User= and DynamicUser= services"
+
+guest_net "$WORK/net.containers"
+expect_match "a DNAT for containers on $BR" "^iptables .* -i $BR .*DNAT" "$(facts "$WORK/net.containers")"
+ctr_tok=$(g ip netns exec "$CTR_NS" curl -fsS --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token 2>&1 || true)
+out=$(g ip netns exec "$CTR_NS" curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $ctr_tok" http://169.254.169.254/latest/meta-data/iam/security-credentials/ 2>&1 || true)
+expect_eq "container netns behind $BR: curl IMDSv2 listing names only its sources role" e2e-ctr "$out"
+doc=$(g ip netns exec "$CTR_NS" curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $ctr_tok" http://169.254.169.254/latest/meta-data/iam/security-credentials/e2e-ctr 2>&1 || true)
+# Its credentials, used from the guest with the AWS CLI, are the sources role's.
+out=$(printf '%s' "$doc" | g python3 -c '
+import json, os, subprocess, sys
+d = json.load(sys.stdin)
+env = dict(os.environ, AWS_ACCESS_KEY_ID=d["AccessKeyId"], AWS_SECRET_ACCESS_KEY=d["SecretAccessKey"],
+           AWS_SESSION_TOKEN=d["Token"], AWS_DEFAULT_REGION="us-east-1")
+print(d["Code"], subprocess.run(["aws", "sts", "get-caller-identity", "--endpoint-url", sys.argv[1], "--output", "text",
+      "--query", "Arn"], env=env, capture_output=True, text=True).stdout.strip())' "$STS" 2>&1 || true)
+expect_match "container's credential document is a Success" "^Success " "$out"
+expect_eq "container's credentials are the sources role's (aws sts get-caller-identity)" e2e-ctr "$(printf '%s' "$out" | role_of)"
+[ "$(printf '%s' "$out" | role_of)" = e2e-ctr ] || echo "         document: ${doc:0:200} / $out"
+step "container netns on $BR: its sources role"
+
+# ------------------------------------------------ the listener across reloads
+# Issue 17: a reload that changes only imds.hop_limit keeps the listening
+# socket (same inode, same process) and fails no request, while a client
+# loop in the guest keeps opening new connections (bounded: 30 s, 5000 pairs).
+listeners=$(status_json listeners | xargs)
+# listen_socks: "ADDRESS pid=P ino=I" of each socket listening on $listeners.
+listen_socks() {
+	local ss a
+	ss=$(g ss -Hltnep)
+	for a in $listeners; do
+		printf '%s\n' "$ss" | awk -v a="$a" '$4 == a' | sed -n "s/.*pid=\([0-9]*\),.* ino:\([0-9]*\).*/$a pid=\1 ino=\2/p"
+	done
+}
+sock_before=$(listen_socks)
+mainpid=$(g systemctl show -p MainPID --value imds-shim)
+expect_eq "the daemon's listeners ($listeners) are its sockets, one each" \
+	"$(for a in $listeners; do echo "$a pid=$mainpid"; done)" "$(printf '%s\n' "$sock_before" | sed 's/ ino=[1-9][0-9]*$//')"
+g rm -f /run/e2e-loop.stop /run/e2e-loop.n
+gsh 'n=0 f=0 end=$((SECONDS + 30))
+while [ ! -e /run/e2e-loop.stop ] && [ $n -lt 5000 ] && [ $SECONDS -lt $end ]; do
+	n=$((n + 1))
+	t=$(curl -fsS --max-time 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" http://169.254.169.254/latest/api/token 2>/dev/null) &&
+		curl -fsS --max-time 2 -o /dev/null -H "X-aws-ec2-metadata-token: $t" http://169.254.169.254/latest/meta-data/iam/security-credentials/ 2>/dev/null ||
+		f=$((f + 1))
+	echo $n > /run/e2e-loop.n
+done
+echo "$n $f"' > "$WORK/loop.txt" 2>&1 &
+LOOPPID=$!
+loop_n() { g cat /run/e2e-loop.n 2>/dev/null || echo 0; }
+# wait_loop N: until the loop has made N more request pairs.
+wait_loop() {
+	local from; from=$(loop_n)
+	for _ in $(seq 1 100); do
+		[ "$(loop_n)" -ge $((from + $1)) ] && return 0
+		kill -0 "$LOOPPID" 2>/dev/null || { fail "the client loop ended early: $(cat "$WORK/loop.txt")"; return 0; }
+		sleep 0.05
+	done
+	fail "the client loop made no progress"
+}
+wait_loop 10
+for hop in 2 1 2 1 2; do reload_to $hop; wait_loop 5; done
+wait_loop 10
+g touch /run/e2e-loop.stop
+wait "$LOOPPID" || true
+read -r nreq nfail < "$WORK/loop.txt" || true
+expect_eq "no request failed during 5 reloads of imds.hop_limit ($nreq token+GET pairs)" 0 "$nfail"
+expect_eq "the same process and listening sockets after the reloads" "$sock_before" "$(listen_socks)"
+expect_eq "status shows the new hop limit" 2 "$(status_json hop_limit)"
+g rm -f /run/e2e-loop.stop /run/e2e-loop.n
+step "5 reloads of imds.hop_limit under a client loop"
+
+# The guest's own test user, bridge and netns go; stop compares with before.
+gsh "ip netns del $CTR_NS; ip link del $BR; userdel e2eweb" || fail "removing the test's bridge, netns and user"
 
 # ------------------------------------------- iptables-legacy under the sandbox
 # Hosts whose firewall is iptables-legacy get the rules there; that needs the
