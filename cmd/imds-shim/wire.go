@@ -94,7 +94,7 @@ func imdsConfig(c *config.Config) (imds.Config, error) {
 	m := c.Metadata
 	ic := imds.Config{
 		RoleARN: c.RoleARN.String(), TokenMode: imds.TokenMode(c.IMDS.Tokens), HopLimit: c.IMDS.HopLimit,
-		AllowedCIDRs: c.IMDS.AllowedCIDRs, Region: c.Region, AvailabilityZone: m.AvailabilityZone,
+		AllowedCIDRs: c.ServedSources(), Region: c.Region, AvailabilityZone: m.AvailabilityZone,
 		AvailabilityZoneID: m.AvailabilityZoneID, Domain: m.Domain, InstanceID: m.InstanceID, ImageID: m.AMIID,
 		InstanceType: m.InstanceType, Hostname: m.Hostname, LocalHostname: m.LocalHostname, LocalIPv4: m.LocalIPv4,
 		MAC: m.MAC, Architecture: m.Architecture, InstanceProfileARN: m.InstanceProfileARN, Tags: m.Tags,

@@ -607,3 +607,22 @@ func TestContainersNeedAllowedSources(t *testing.T) {
 		}
 	}
 }
+
+// A roles[].sources range is served without being repeated in
+// imds.allowed_cidrs: the handler's allowlist is both, each range once.
+func TestServedSources(t *testing.T) {
+	c, err := Parse([]byte(minimal + `imds: {allowed_cidrs: [10.1.0.0/16, 172.17.0.0/16]}
+roles:
+  - role_arn: arn:aws:iam::123456789012:role/ci
+    sources: [172.17.0.0/16, 10.77.0.0/24]
+  - role_arn: arn:aws:iam::123456789012:role/web
+    users: [root]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("172.17.0.0/16"), netip.MustParsePrefix("10.77.0.0/24")}
+	if got := c.ServedSources(); !slices.Equal(got, want) {
+		t.Errorf("ServedSources() = %v, want %v", got, want)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -55,6 +56,23 @@ func (c *Config) Warnings() []Problem {
 		}
 	}
 	return w
+}
+
+// ServedSources are the client source ranges the metadata API answers
+// besides loopback and the endpoint addresses: imds.allowed_cidrs and every
+// roles[].sources range, each once. A range given to a role is a range the
+// operator means to serve; requiring it twice would answer 403 to the very
+// containers the entry names.
+func (c *Config) ServedSources() []netip.Prefix {
+	out := slices.Clone(c.IMDS.AllowedCIDRs)
+	for _, r := range c.Roles {
+		for _, p := range r.Sources {
+			if !slices.Contains(out, p) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 func (c *Config) hasSources() bool {

@@ -416,15 +416,13 @@ ip -n $CTR_NS addr add 10.77.0.2/24 dev eth0
 ip -n $CTR_NS link set lo up
 ip -n $CTR_NS link set eth0 up
 ip -n $CTR_NS route add default via 10.77.0.1" || fail "setting up the user, bridge and netns in the guest"
-# write_roles_config HOP_LIMIT. The container range is in imds.allowed_cidrs
-# too: the handler answers only loopback, the endpoint and those ranges, and
-# today a roles[].sources entry alone is answered 403.
+# write_roles_config HOP_LIMIT. The container's range is only in its
+# roles[].sources entry: that alone must let it be served.
 write_roles_config() {
 	write_config "$ROLE2"
 	gsh "cat >> /etc/imds-shim/imds-shim.yaml <<EOF
 imds:
   hop_limit: $1
-  allowed_cidrs: [10.77.0.0/24]
 network:
   containers: [$BR]
 roles:
