@@ -30,6 +30,7 @@ Usage:
                                        validate the config, print the plan, try STS once
   imds-shim cleanup                    remove address and rules left by any earlier run
   imds-shim status  [--json]           ask the running daemon what it is doing
+  imds-shim reload  [--timeout D]      re-read the config; wait until applied (exit 0) or rejected (exit 3)
   imds-shim version                    print the version
   imds-shim help                       this text
 
@@ -63,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCleanup(rest, stdout, stderr)
 	case "status":
 		return cmdStatus(rest, stdout, stderr)
+	case "reload":
+		return cmdReload(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imds-shim %s\n", version)
 		return 0

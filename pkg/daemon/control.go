@@ -94,6 +94,9 @@ type Status struct {
 	ManageNetwork   bool     `json:"manage_network"`
 	Reloads         int      `json:"reloads"`
 	LastReloadError string   `json:"last_reload_error,omitempty"`
+	// ReloadAttempts counts every reload finished, applied or rejected,
+	// so that `imds-shim reload` can wait for the one it asked for.
+	ReloadAttempts int `json:"reload_attempts"`
 	// Credentials and Network come from the components themselves.
 	Credentials       any    `json:"credentials,omitempty"`
 	CredentialsError  string `json:"credentials_error,omitempty"`
@@ -114,7 +117,7 @@ func (d *daemon) status(ctx context.Context) Status {
 	s := Status{
 		Version: d.deps.Version, PID: os.Getpid(), Config: d.path, Started: d.started.UTC(),
 		RoleARN: cfg.RoleARN.String(), Listen: lns[0].ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
-		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr,
+		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr, ReloadAttempts: d.reloadAttempts,
 	}
 	for _, b := range lns {
 		s.Listeners = append(s.Listeners, b.ln.Addr().String())

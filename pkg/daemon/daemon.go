@@ -187,16 +187,18 @@ type daemon struct {
 	handler Handler
 	// lns are the metadata listeners: imds.listen first, then the
 	// others the network planned (the IPv6 endpoint).
-	lns      []boundListener
-	srv      *HTTPServer
-	metrics  *HTTPServer
-	control  *HTTPServer
-	started  time.Time
-	reloads  int
-	lastErr  string // last rejected reload
-	serveErr chan error
-	broken   atomic.Bool // a listener failed: stop feeding the watchdog
-	prober   *prober
+	lns     []boundListener
+	srv     *HTTPServer
+	metrics *HTTPServer
+	control *HTTPServer
+	started time.Time
+	reloads int
+	// reloadAttempts counts reloads finished, applied or rejected.
+	reloadAttempts int
+	lastErr        string // last rejected reload
+	serveErr       chan error
+	broken         atomic.Bool // a listener failed: stop feeding the watchdog
+	prober         *prober
 
 	// runs are the background loops of the current components.
 	credsRun, netRun *runner

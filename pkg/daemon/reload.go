@@ -23,6 +23,7 @@ func (d *daemon) reload(ctx context.Context) {
 	d.notify("RELOADING=1\n" + strings.TrimSpace(sdd.SdNotifyMonotonicUsec()) + "\nSTATUS=reloading " + d.path)
 	err := d.applyReload(ctx)
 	d.mu.Lock()
+	d.reloadAttempts++
 	if err != nil {
 		d.lastErr = err.Error()
 	} else {
