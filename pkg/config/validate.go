@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
+	"github.com/imds-shim/imds-shim/pkg/imds/entryname"
 )
 
 // Character rules from the STS, IAM and EC2 API references.
@@ -655,10 +656,10 @@ func (c *Config) validateMetadata(bad badFunc, check func(string) bool) {
 		bad("metadata.tags", "has %d tags, EC2 allows at most %d per instance", len(m.Tags), MaxMetadataTags)
 	} else {
 		for _, k := range slices.Sorted(maps.Keys(m.Tags)) {
-			if err := checkName(k); err != nil {
+			if err := entryname.Check(k); err != nil {
 				bad("metadata.tags", "key %q: %v", k, err)
 			}
-			if v := m.Tags[k]; len(v) > 256 || !utf8.ValidString(v) || hasControl(v) {
+			if v := m.Tags[k]; len(v) > 256 || !utf8.ValidString(v) || entryname.HasControl(v) {
 				bad("metadata.tags", "value of %q must be at most 256 bytes of UTF-8 without control characters", k)
 			}
 		}
@@ -679,7 +680,7 @@ func (c *Config) validateMetadata(bad badFunc, check func(string) bool) {
 		bad("metadata.security_groups", "has %d entries, at most %d are allowed", len(m.SecurityGroups), MaxSecurityGroups)
 	} else {
 		for i, g := range m.SecurityGroups {
-			if err := checkName(g); err != nil || len(g) > 255 {
+			if err := entryname.Check(g); err != nil || len(g) > 255 {
 				bad(fmt.Sprintf("metadata.security_groups[%d]", i), "%q is not a security group name (1 to 255 printable characters without '/')", g)
 			}
 		}
@@ -693,26 +694,4 @@ func checkInstanceProfile(s string) error {
 		return fmt.Errorf("%q is not an IAM instance profile ARN such as arn:aws:iam::123456789012:instance-profile/NAME", s)
 	}
 	return nil
-}
-
-// checkName accepts one element of a metadata path: printable UTF-8 without
-// '/', not starting with '.', at most 128 bytes (EC2's tag key limit).
-func checkName(n string) error {
-	switch {
-	case n == "":
-		return fmt.Errorf("empty name")
-	case len(n) > 128:
-		return fmt.Errorf("longer than 128 bytes")
-	case n[0] == '.':
-		return fmt.Errorf("starts with '.'")
-	case strings.ContainsRune(n, '/'):
-		return fmt.Errorf("contains '/'")
-	case !utf8.ValidString(n) || hasControl(n):
-		return fmt.Errorf("has control characters or invalid UTF-8")
-	}
-	return nil
-}
-
-func hasControl(s string) bool {
-	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }

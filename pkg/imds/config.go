@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/imds-shim/imds-shim/pkg/config/awsarn"
+	"github.com/imds-shim/imds-shim/pkg/imds/entryname"
 )
 
 // TokenMode says whether IMDSv1 (tokenless) requests are answered.
@@ -208,10 +209,10 @@ func (c Config) Validate() error {
 		add("LocalIPv4: %v is not an IPv4 address", c.LocalIPv4)
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Tags)) { // errors in a stable order
-		if err := checkName(k); err != nil {
+		if err := entryname.Check(k); err != nil {
 			add("Tags: key %q: %w", k, err)
 		}
-		if v := c.Tags[k]; !utf8.ValidString(v) || hasControl(v) {
+		if v := c.Tags[k]; !utf8.ValidString(v) || entryname.HasControl(v) {
 			add("Tags: value of %q has control characters or invalid UTF-8", k)
 		}
 	}
@@ -221,37 +222,6 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// maxNameLen bounds one path element of an entry (EC2 tag keys go to 128).
-const maxNameLen = 128
-
-// checkName accepts one element of a metadata path: printable UTF-8 without
-// '/', not "." or "..", not starting with '.', at most maxNameLen bytes.
-// Such names cannot break a listing (no LF) or a URL path lookup.
-func checkName(n string) error {
-	switch {
-	case n == "":
-		return errors.New("empty name")
-	case len(n) > maxNameLen:
-		return fmt.Errorf("name longer than %d bytes", maxNameLen)
-	case n[0] == '.':
-		return errors.New("name starts with '.'")
-	case strings.ContainsRune(n, '/'):
-		return errors.New("name contains '/'")
-	case !utf8.ValidString(n) || hasControl(n):
-		return errors.New("name has control characters or invalid UTF-8")
-	}
-	return nil
-}
-
-func hasControl(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return true
-		}
-	}
-	return false
 }
 
 // maxDepth bounds how deep an entry may sit below the version root.
@@ -267,7 +237,7 @@ func checkEntryPath(p string) ([]string, error) {
 		return nil, fmt.Errorf("deeper than %d elements", maxDepth)
 	}
 	for _, e := range elems {
-		if err := checkName(e); err != nil {
+		if err := entryname.Check(e); err != nil {
 			return nil, err
 		}
 	}

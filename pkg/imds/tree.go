@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/imds-shim/imds-shim/pkg/imds/entryname"
 )
 
 // Limits on what a metadata directory may contribute. EC2 caps user data at
@@ -382,7 +384,7 @@ func readMetadataDir(dir string) (map[string][]byte, error) {
 			return nil
 		}
 		if d.IsDir() {
-			if err := checkName(d.Name()); err != nil {
+			if err := entryname.Check(d.Name()); err != nil {
 				return fmt.Errorf("%s: %w", p, err)
 			}
 			if strings.Count(p, "/") >= maxDepth {
