@@ -82,10 +82,11 @@ func (r *results) markdown() string {
 		goal := "—"
 		switch name {
 		case targetRedirect, targetRoles:
-			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×: %s", wantRatio, wantP99Ratio, verdict(s.rpsRatio >= wantRatio && s.p99Ratio <= wantP99Ratio))
+			goal = fmt.Sprintf("≥ %.2f×, p99 ≤ %.1f×, no errors: %s", wantRatio, wantP99Ratio,
+				verdict(s.rpsRatio >= wantRatio && s.p99Ratio <= wantP99Ratio && s.errs == 0))
 		}
-		p("| %s | %.0f | %.2f | %s | %s | %s | %.2f | %.1f µs | %.2f | %d | %s |\n", name, s.rps, s.rpsRatio, strings.Join(per, ", "),
-			us(s.p50), us(s.p99), s.p99Ratio, float64(s.cpu.Nanoseconds())/1000, s.cpuRatio, s.errs, goal)
+		p("| %s | %.0f | %.2f | %s | %s | %s | %.2f | %.1f µs | %.2f | %s | %s |\n", name, s.rps, s.rpsRatio, strings.Join(per, ", "),
+			us(s.p50), us(s.p99), s.p99Ratio, float64(s.cpu.Nanoseconds())/1000, s.cpuRatio, s.errKinds, goal)
 	}
 	p("\nServer CPU/req is the server process's user+system CPU time during its runs divided by the requests " +
 		"answered (from /proc/PID/stat): what one request costs, which load from other processes on the machine " +
@@ -245,6 +246,7 @@ type targetSummary struct {
 	rps      float64
 	p50, p99 int64
 	errs     int64
+	errKinds string        // errs, and of which kinds (wrk's connect, read, write, status, timeout)
 	cpu      time.Duration // per request, over all runs
 	// Against the paired ceiling runs (the ceiling's own row: 1).
 	rpsRatio, p99Ratio, cpuRatio float64
@@ -267,6 +269,7 @@ func (r *results) summary(name string) targetSummary {
 		s.errs += w.errors()
 	}
 	s.rps, s.p50, s.p99 = median(rps), median(p50), median(p99)
+	s.errKinds = errorKinds(r.byTarget[name])
 	if reqs > 0 {
 		s.cpu = cpu / time.Duration(reqs)
 	}
@@ -291,6 +294,33 @@ func (r *results) summary(name string) targetSummary {
 		s.cpuRatio = float64(s.cpu) / float64(s.ceilCPU)
 	}
 	return s
+}
+
+// errorKinds is the number of failed requests over runs, followed by how
+// many of each kind wrk counted: "0", or "12 (status 10, timeout 2)".
+func errorKinds(runs []wrkResult) string {
+	var total, connect, read, write, status, timeout int64
+	for _, w := range runs {
+		total += w.errors()
+		connect += w.Connect
+		read += w.Read
+		write += w.Write
+		status += w.Status
+		timeout += w.Timeout
+	}
+	if total == 0 {
+		return "0"
+	}
+	var kinds []string
+	for _, k := range []struct {
+		name string
+		n    int64
+	}{{"connect", connect}, {"read", read}, {"write", write}, {"status", status}, {"timeout", timeout}} {
+		if k.n > 0 {
+			kinds = append(kinds, fmt.Sprintf("%s %d", k.name, k.n))
+		}
+	}
+	return fmt.Sprintf("%d (%s)", total, strings.Join(kinds, ", "))
 }
 
 func minOf(v []time.Duration) time.Duration {

@@ -44,7 +44,7 @@ func TestSummaryPairsRatios(t *testing.T) {
 		t.Errorf("ceiling against itself: %+v", c)
 	}
 	md := r.markdown()
-	for _, want := range []string{"| " + targetRedirect + " | 55200 | 0.92 | 0.92, 0.92, 0.92 |", "≥ 0.80×, p99 ≤ 1.3×: met", "**Noisy run:**"} {
+	for _, want := range []string{"| " + targetRedirect + " | 55200 | 0.92 | 0.92, 0.92, 0.92 |", "≥ 0.80×, p99 ≤ 1.3×, no errors: met", "**Noisy run:**"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
@@ -75,5 +75,18 @@ PASS
 	r.identify = got[:2]
 	if md := r.markdown(); !strings.Contains(md, "≤ 10 µs per new connection: met") {
 		t.Errorf("two rows under 10 µs: report lacks met:\n%s", md)
+	}
+}
+
+// A target that fails requests misses its goal however fast it was, and
+// the report says which kind of failure wrk counted.
+func TestErrorsMissGoal(t *testing.T) {
+	c, w := run(100_000, 1000, 10*time.Microsecond), run(95_000, 1000, 10*time.Microsecond)
+	w.Status = 7
+	r := &results{rounds: 1, targets: []string{targetCeiling, targetRoles},
+		byTarget: map[string][]wrkResult{targetCeiling: {c}, targetRoles: {w}}, paired: map[string][]wrkResult{targetRoles: {c}}}
+	md := r.markdown()
+	if want := "| 7 (status 7) | ≥ 0.80×, p99 ≤ 1.3×, no errors: **missed** |"; !strings.Contains(md, want) {
+		t.Errorf("report lacks %q:\n%s", want, md)
 	}
 }

@@ -245,6 +245,7 @@ func runMain(args []string) error {
 	if err := r.runRounds(targets[0], targets[1:], step); err != nil {
 		return err
 	}
+	r.noteErrors(targets[1:])
 	r.footprint = append(r.footprint, rssPoint{label: "after the throughput rounds", rssKB: vmKB(pid, "VmRSS"), hwmKB: vmKB(pid, "VmHWM")})
 
 	step("rotation under load: credentials rotating every %v for %v", r.rotEvery, *rotDur)
@@ -308,6 +309,7 @@ func runMain(args []string) error {
 	if err := r.runRounds(targets[0], []target{roles}, step); err != nil {
 		return err
 	}
+	r.noteErrors([]target{roles})
 	if _, err := stopDaemon(rolesDaemon); err != nil {
 		r.stopErrs = append(r.stopErrs, "roles daemon: "+err.Error())
 	}
@@ -376,6 +378,16 @@ func (r *results) runRounds(ceil target, others []target, step func(string, ...a
 		}
 	}
 	return nil
+}
+
+// noteErrors records, as a problem of the run (which prints the daemon's
+// log), every target that answered a request with an error.
+func (r *results) noteErrors(ts []target) {
+	for _, t := range ts {
+		if e := errorKinds(r.byTarget[t.name]); e != "0" {
+			r.problems = append(r.problems, fmt.Sprintf("%s: %s failed requests", t.name, e))
+		}
+	}
 }
 
 func netnsID() string {
