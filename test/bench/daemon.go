@@ -106,13 +106,24 @@ func (e *daemonEnv) start(ps *procs, cpus, config string) (*proc, time.Duration,
 			continue
 		}
 		if !p.running() {
-			return nil, 0, fmt.Errorf("imds-shim exited before READY=1 (%v); see %s", p.err, e.logPath)
+			return nil, 0, fmt.Errorf("imds-shim -c %s exited before READY=1 (%v); its log ends:\n%s", config, p.err, e.logTail(20))
 		}
 		if time.Now().After(deadline) {
 			p.stop(5 * time.Second)
 			return nil, 0, fmt.Errorf("imds-shim sent no READY=1 within 60s; see %s", e.logPath)
 		}
 	}
+}
+
+// logTail is the last n lines of the daemon's log, which the harness's
+// temporary folder takes with it when it fails.
+func (e *daemonEnv) logTail(n int) string {
+	b, err := os.ReadFile(e.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // stop sends SIGTERM and returns the time until the process has exited,
