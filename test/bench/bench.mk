@@ -1,6 +1,7 @@
 # make bench: throughput and latency against a net/http ceiling (wrk), the
-# 169.254.169.254 redirect, credential rotation under load, footprint,
-# start/stop times and pkg/imds micro-benchmarks. Needs root; runs in a
+# 169.254.169.254 redirect (with and without a roles table), credential
+# rotation under load, footprint, start/stop times, caller identification
+# (pkg/callers) and pkg/imds micro-benchmarks. Needs root; runs in a
 # private network namespace; writes test/bench/RESULTS.md. Reports only:
 # it fails only when the harness itself breaks.
 BENCH_FLAGS ?=

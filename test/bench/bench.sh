@@ -19,6 +19,7 @@ if [ -z "${IMDS_SHIM_BENCH_HOST_NETNS:-}" ]; then
   trap 'rm -rf "$work"' EXIT
   go build -o "$work/bench" ./test/bench
   go test -c -o "$work/imds.test" ./pkg/imds
+  go test -c -o "$work/callers.test" ./pkg/callers
   # BENCH_NICE (e.g. -10) raises the harness's priority over other work on
   # a shared machine; every process it starts inherits it.
   IMDS_SHIM_BENCH_HOST_NETNS=$(readlink /proc/self/ns/net) IMDS_SHIM_BENCH_WORK=$work \
@@ -28,4 +29,4 @@ fi
 
 ip link set lo up
 exec "$IMDS_SHIM_BENCH_WORK/bench" run -bin "$BIN" -imds-test "$IMDS_SHIM_BENCH_WORK/imds.test" \
-  -imds-dir pkg/imds -lua test/bench/imds.lua -out test/bench/RESULTS.md "$@"
+  -imds-dir pkg/imds -callers-test "$IMDS_SHIM_BENCH_WORK/callers.test" -lua test/bench/imds.lua -out test/bench/RESULTS.md "$@"

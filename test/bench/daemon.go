@@ -15,51 +15,76 @@ import (
 
 // daemonEnv is what every imds-shim start in one run shares.
 type daemonEnv struct {
-	bin, config, runtimeDir, logPath string
-	notify                           *net.UnixConn
-	notifyPath                       string
+	bin, runtimeDir, logPath string
+	// config is the production default: imds.listen left out, so the
+	// daemon listens on 169.254.169.254:254 behind its own DNAT from :80.
+	// rolesConfig is the same with a roles table and no top-level role.
+	config, rolesConfig string
+	notify              *net.UnixConn
+	notifyPath          string
 }
 
-func newDaemonEnv(bin, dir, motoURL string, listen, metrics int) (*daemonEnv, error) {
+// Role names the roles configuration serves: two entries that the harness
+// does not match (a unit; uid and gid 65534) in front of the one it does
+// (its own uid), so that every request walks the table to its third entry.
+const (
+	rolesUnitRole  = "bench-unit"
+	rolesOtherRole = "bench-nobo"
+	rolesUserRole  = "bench-user" // as long as benchRole: same document size
+)
+
+func newDaemonEnv(bin, dir, motoURL string, metrics int) (*daemonEnv, error) {
 	creds := filepath.Join(dir, "credentials")
 	// moto accepts any keys; these only satisfy the SDK's credential chain.
 	if err := os.WriteFile(creds, []byte("[default]\naws_access_key_id = AKIABENCHBENCHBENCH0\naws_secret_access_key = bench-secret\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("writing source credentials: %w", err)
 	}
-	cfg := fmt.Sprintf(`role_arn: %s
-region: us-east-1
+	common := fmt.Sprintf(`region: us-east-1
 sts_endpoint: %s
 credentials_file: %s
 duration: 1h
-imds:
-  listen: 127.0.0.1:%d
 metrics:
   listen: 127.0.0.1:%d
 network:
   manage: true
-`, benchRoleARN, motoURL, creds, listen, metrics)
-	path := filepath.Join(dir, "imds-shim.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return nil, fmt.Errorf("writing daemon config: %w", err)
+`, motoURL, creds, metrics)
+	plain := fmt.Sprintf("role_arn: %s\n", benchRoleARN) + common
+	roles := common + fmt.Sprintf(`roles:
+  - role_arn: %s
+    units: [imds-shim-bench-nothing.service]
+  - role_arn: %s
+    users: ["65534"]
+    groups: ["65534"]
+  - role_arn: %s
+    users: ["%d"]
+`, roleARN(rolesUnitRole), roleARN(rolesOtherRole), roleARN(rolesUserRole), os.Geteuid())
+	e := &daemonEnv{bin: bin, config: filepath.Join(dir, "imds-shim.yaml"), rolesConfig: filepath.Join(dir, "imds-shim-roles.yaml"),
+		runtimeDir: filepath.Join(dir, "run"), logPath: filepath.Join(dir, "daemon.log")}
+	for path, cfg := range map[string]string{e.config: plain, e.rolesConfig: roles} {
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			return nil, fmt.Errorf("writing daemon config: %w", err)
+		}
 	}
-	np := filepath.Join(dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: np, Net: "unixgram"})
+	e.notifyPath = filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: e.notifyPath, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on the notify socket: %w", err)
 	}
-	return &daemonEnv{bin: bin, config: path, runtimeDir: filepath.Join(dir, "run"),
-		logPath: filepath.Join(dir, "daemon.log"), notify: conn, notifyPath: np}, nil
+	e.notify = conn
+	return e, nil
 }
 
-// start runs imds-shim serve, on cpus if not empty, and returns once it has
-// sent READY=1, with the time from exec to that message.
-func (e *daemonEnv) start(ps *procs, cpus string) (*proc, time.Duration, error) {
+func roleARN(name string) string { return "arn:aws:iam::123456789012:role/" + name }
+
+// start runs imds-shim serve with config, on cpus if not empty, and returns
+// once it has sent READY=1, with the time from exec to that message.
+func (e *daemonEnv) start(ps *procs, cpus, config string) (*proc, time.Duration, error) {
 	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("opening daemon log: %w", err)
 	}
 	defer logf.Close()
-	cmd := pinned(cpus, e.bin, "serve", "-c", e.config, "--runtime-dir", e.runtimeDir)
+	cmd := pinned(cpus, e.bin, "serve", "-c", config, "--runtime-dir", e.runtimeDir)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+e.notifyPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	t0 := time.Now()
@@ -81,13 +106,24 @@ func (e *daemonEnv) start(ps *procs, cpus string) (*proc, time.Duration, error) 
 			continue
 		}
 		if !p.running() {
-			return nil, 0, fmt.Errorf("imds-shim exited before READY=1 (%v); see %s", p.err, e.logPath)
+			return nil, 0, fmt.Errorf("imds-shim -c %s exited before READY=1 (%v); its log ends:\n%s", config, p.err, e.logTail(20))
 		}
 		if time.Now().After(deadline) {
 			p.stop(5 * time.Second)
 			return nil, 0, fmt.Errorf("imds-shim sent no READY=1 within 60s; see %s", e.logPath)
 		}
 	}
+}
+
+// logTail is the last n lines of the daemon's log, which the harness's
+// temporary folder takes with it when it fails.
+func (e *daemonEnv) logTail(n int) string {
+	b, err := os.ReadFile(e.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // stop sends SIGTERM and returns the time until the process has exited,

@@ -90,3 +90,43 @@ func skipHeader(top string) string {
 	}
 	return strings.Join(keep, "")
 }
+
+// identifyResult is one sub-benchmark of pkg/callers' BenchmarkIdentify:
+// what identifying one new connection costs with that many other TCP
+// sockets open.
+type identifyResult struct {
+	name    string
+	nsPerOp float64
+}
+
+var identifyLine = regexp.MustCompile(`^(BenchmarkIdentify/\S+)\s+\d+\s+([\d.]+) ns/op`)
+
+// runIdentify runs pkg/callers' BenchmarkIdentify from its compiled test
+// binary, on cpus (where the servers run) if not empty. Its TestMain moves it
+// into a network namespace of its own (nested in the harness's), where it
+// installs the address and DNAT it needs.
+func runIdentify(testBin, cpus string) ([]identifyResult, error) {
+	cmd := pinned(cpus, testBin, "-test.run", "^$", "-test.bench", "^BenchmarkIdentify$", "-test.benchtime", "1s")
+	cmd.Dir = filepath.Dir(testBin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("running pkg/callers BenchmarkIdentify: %w: %s", err, out.String())
+	}
+	res := parseIdentify(out.String())
+	if len(res) == 0 {
+		return nil, fmt.Errorf("pkg/callers BenchmarkIdentify printed no results (skipped?): %s", out.String())
+	}
+	return res, nil
+}
+
+func parseIdentify(out string) []identifyResult {
+	var res []identifyResult
+	for _, line := range strings.Split(out, "\n") {
+		if m := identifyLine.FindStringSubmatch(line); m != nil {
+			ns, _ := strconv.ParseFloat(m[2], 64)
+			res = append(res, identifyResult{name: m[1], nsPerOp: ns})
+		}
+	}
+	return res
+}

@@ -20,14 +20,25 @@ import (
 // entering a private one, and run refuses to start without having moved.
 const envHostNetns = "IMDS_SHIM_BENCH_HOST_NETNS"
 
-// The targets issue 7 sets ratios for, besides the diagnostic ones.
+// The targets. Clients reach the daemon as they do in production: at
+// http://169.254.169.254/, through its nat OUTPUT DNAT to the listener's
+// default 169.254.169.254:254. The goals (report.go) are for the credential
+// GET through the DNAT, without and with a roles table.
 const (
 	targetCeiling  = "ceiling (net/http, fixed body)"
-	targetCred     = "imds-shim credentials GET"
-	targetPut      = "imds-shim token PUT"
-	targetRedirect = "imds-shim credentials GET via 169.254.169.254 DNAT"
-	targetNetHTTP  = "diagnostic: imds.Server handler in net/http.Server"
+	targetRedirect = "imds-shim credentials GET via 169.254.169.254 (DNAT to :254)"
+	targetRoles    = "imds-shim credentials GET via 169.254.169.254, with roles (caller matches the 3rd entry)"
+	targetPut      = "imds-shim token PUT via 169.254.169.254"
+	targetCred     = "diagnostic: imds-shim credentials GET direct to 169.254.169.254:254 (no DNAT)"
+	targetNetHTTP  = "diagnostic: imds.Server handler in a bare net/http.Server"
 	targetBare     = "diagnostic: imds.Server handler in the daemon's net/http.Server (with its limits), without the daemon"
+)
+
+// endpoint is the address clients use; the DNAT sends port 80 to listen,
+// the daemon's default imds.listen with the network managed.
+const (
+	endpoint = "169.254.169.254"
+	listen   = "169.254.169.254:254"
 )
 
 // target is one server under load in the throughput rounds.
@@ -47,10 +58,12 @@ type results struct {
 	byTarget   map[string][]wrkResult
 	paired     map[string][]wrkResult // for each target, the ceiling run next to each of its runs
 	docBytes   int
+	rolesDoc   int // the roles daemon's credential document, bytes
 	rotation   checkResult
 	rotEvery   time.Duration
 	footprint  []rssPoint
 	ready      []time.Duration
+	rolesReady time.Duration   // the roles daemon's exec to READY=1
 	fetches    []time.Duration // first AssumeRole per start, from the daemon's log
 	netSetups  []time.Duration // network setup per start, from the daemon's log
 	stops      []time.Duration
@@ -59,6 +72,7 @@ type results struct {
 	loadedStop time.Duration
 	micro      []microResult
 	microProf  string
+	identify   []identifyResult
 	problems   []string
 }
 
@@ -75,6 +89,7 @@ func runMain(args []string) error {
 	bin := fs.String("bin", "bin/imds-shim", "imds-shim binary")
 	imdsTest := fs.String("imds-test", "", "pkg/imds test binary (go test -c) for the micro-benchmarks")
 	imdsDir := fs.String("imds-dir", "pkg/imds", "pkg/imds source folder (the test binary's working directory)")
+	callersTest := fs.String("callers-test", "", "pkg/callers test binary (go test -c) for BenchmarkIdentify")
 	lua := fs.String("lua", "test/bench/imds.lua", "wrk script")
 	out := fs.String("out", "test/bench/RESULTS.md", "where to write the results")
 	rounds := fs.Int("rounds", 5, "rounds over all targets, each target run paired with a ceiling run")
@@ -97,7 +112,7 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []*string{bin, imdsTest, imdsDir, lua, out} {
+	for _, p := range []*string{bin, imdsTest, imdsDir, callersTest, lua, out} {
 		if *p != "" {
 			if *p, err = filepath.Abs(*p); err != nil {
 				return err
@@ -133,15 +148,11 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	listen, err := freePort()
-	if err != nil {
-		return err
-	}
 	metrics, err := freePort()
 	if err != nil {
 		return err
 	}
-	denv, err := newDaemonEnv(*bin, dir, motoURL, listen, metrics)
+	denv, err := newDaemonEnv(*bin, dir, motoURL, metrics)
 	if err != nil {
 		return err
 	}
@@ -161,7 +172,7 @@ func runMain(args []string) error {
 	}
 	step("lifecycle: %d start/stop cycles against moto", *cycles)
 	for range *cycles {
-		p, ready, err := denv.start(ps, "")
+		p, ready, err := denv.start(ps, "", denv.config)
 		if err != nil {
 			return err
 		}
@@ -179,7 +190,7 @@ func runMain(args []string) error {
 	r.fetches, r.netSetups = startPhases(denv.logPath)
 
 	step("starting the daemon for the load phases")
-	daemon, ready, err := denv.start(ps, serverCPUs)
+	daemon, ready, err := denv.start(ps, serverCPUs, denv.config)
 	if err != nil {
 		return err
 	}
@@ -187,8 +198,7 @@ func runMain(args []string) error {
 	pid := daemon.cmd.Process.Pid
 	r.footprint = append(r.footprint, rssPoint{label: "after READY=1", rssKB: vmKB(pid, "VmRSS"), hwmKB: vmKB(pid, "VmHWM")})
 
-	direct := fmt.Sprintf("127.0.0.1:%d", listen)
-	token, doc, err := fetchDoc(direct)
+	token, doc, err := fetchDoc(endpoint, benchRole)
 	if err != nil {
 		return err
 	}
@@ -211,11 +221,11 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	stdToken, _, err := fetchDoc(stdAddr)
+	stdToken, _, err := fetchDoc(stdAddr, benchRole)
 	if err != nil {
 		return err
 	}
-	bareToken, _, err := fetchDoc(bareAddr)
+	bareToken, _, err := fetchDoc(bareAddr, benchRole)
 	if err != nil {
 		return err
 	}
@@ -227,46 +237,15 @@ func runMain(args []string) error {
 			env: []string{"IMDS_TOKEN=" + stdToken}, pid: stdProc.cmd.Process.Pid},
 		{name: targetBare, url: "http://" + bareAddr + credPath,
 			env: []string{"IMDS_TOKEN=" + bareToken}, pid: bareProc.cmd.Process.Pid},
-		{name: targetCred, url: "http://" + direct + credPath, env: []string{tok}, pid: pid},
-		{name: targetPut, url: "http://" + direct + "/latest/api/token", env: []string{"IMDS_MODE=put"}, pid: pid},
-		{name: targetRedirect, url: "http://169.254.169.254" + credPath, env: []string{tok}, pid: pid},
+		{name: targetRedirect, url: "http://" + endpoint + credPath, env: []string{tok}, pid: pid},
+		{name: targetPut, url: "http://" + endpoint + "/latest/api/token", env: []string{"IMDS_MODE=put"}, pid: pid},
+		{name: targetCred, url: "http://" + listen + credPath, env: []string{tok}, pid: pid},
 	}
-	for _, t := range targets {
-		r.targets = append(r.targets, t.name)
+	r.targets = append(r.targets, targets[0].name)
+	if err := r.runRounds(targets[0], targets[1:], step); err != nil {
+		return err
 	}
-	// Every run of a target is paired with a ceiling run right before or
-	// after it (the order alternates), and its ratios are taken to that
-	// ceiling run: other work on a shared machine drifts over seconds to
-	// minutes, and a pair a few seconds long sees the same drift on both
-	// sides, where one ceiling figure for the whole run would not.
-	ceil, others := targets[0], targets[1:]
-	for round := range *rounds {
-		for i := range others {
-			t := others[(i+round)%len(others)]
-			pair := [2]target{ceil, t}
-			if (round+i)%2 == 1 {
-				pair = [2]target{t, ceil}
-			}
-			var got [2]wrkResult
-			for j, x := range pair {
-				step("round %d/%d: %s", round+1, *rounds, x.name)
-				cpu0 := cpuTime(x.pid)
-				w, err := runWrk(r.opts, x.url, x.env...)
-				if err != nil {
-					return err
-				}
-				w.cpu = cpuTime(x.pid) - cpu0
-				got[j] = w
-			}
-			tw, cw := got[1], got[0]
-			if pair[0].name != ceil.name {
-				tw, cw = got[0], got[1]
-			}
-			r.byTarget[t.name] = append(r.byTarget[t.name], tw)
-			r.paired[t.name] = append(r.paired[t.name], cw)
-			r.byTarget[ceil.name] = append(r.byTarget[ceil.name], cw)
-		}
-	}
+	r.noteErrors(targets[1:])
 	r.footprint = append(r.footprint, rssPoint{label: "after the throughput rounds", rssKB: vmKB(pid, "VmRSS"), hwmKB: vmKB(pid, "VmHWM")})
 
 	step("rotation under load: credentials rotating every %v for %v", r.rotEvery, *rotDur)
@@ -285,7 +264,7 @@ func runMain(args []string) error {
 	step("footprint: %d requests with %d distinct tokens in %d chunks", *footReq, *footTok, chunks)
 	every := max(*footReq / *footTok, 1)
 	for i := range chunks {
-		c, err := runCheck(self, clientCPUs, "-addr", direct, "-role", benchRole, "-c", "8",
+		c, err := runCheck(self, clientCPUs, "-addr", endpoint+":80", "-role", benchRole, "-c", "8",
 			"-requests", fmt.Sprint(*footReq/chunks), "-every", fmt.Sprint(every))
 		if err != nil {
 			return err
@@ -311,6 +290,38 @@ func runMain(args []string) error {
 		r.stopErrs = append(r.stopErrs, "after load: "+err.Error())
 	}
 
+	// The roles table needs a daemon of its own, started after the first
+	// one has stopped (both would manage 169.254.169.254); its runs are
+	// paired with the same ceiling, so its ratios compare with the others'.
+	step("starting the daemon with a roles table")
+	rolesDaemon, ready, err := denv.start(ps, serverCPUs, denv.rolesConfig)
+	if err != nil {
+		return err
+	}
+	r.rolesReady = ready
+	rolesToken, rolesDoc, err := fetchDoc(endpoint, rolesUserRole)
+	if err != nil {
+		return fmt.Errorf("the roles daemon: %w", err)
+	}
+	r.rolesDoc = len(rolesDoc)
+	roles := target{name: targetRoles, url: "http://" + endpoint + "/latest/meta-data/iam/security-credentials/" + rolesUserRole,
+		env: []string{"IMDS_TOKEN=" + rolesToken}, pid: rolesDaemon.cmd.Process.Pid}
+	if err := r.runRounds(targets[0], []target{roles}, step); err != nil {
+		return err
+	}
+	r.noteErrors([]target{roles})
+	if _, err := stopDaemon(rolesDaemon); err != nil {
+		r.stopErrs = append(r.stopErrs, "roles daemon: "+err.Error())
+	}
+
+	if *callersTest != "" {
+		step("caller identification (pkg/callers BenchmarkIdentify)")
+		r.identify, err = runIdentify(*callersTest, serverCPUs)
+		if err != nil {
+			r.problems = append(r.problems, err.Error())
+		}
+	}
+
 	if *imdsTest != "" {
 		step("Go micro-benchmarks (pkg/imds)")
 		r.micro, r.microProf, r.machine.cpuGo, err = runMicro(*imdsTest, *imdsDir, dir)
@@ -329,14 +340,66 @@ func runMain(args []string) error {
 	return nil
 }
 
+// runRounds runs wrk against each of others, rounds times, every run paired
+// with a ceiling run right before or after it (the order alternates); a
+// target's ratios are taken to its paired ceiling runs: other work on a
+// shared machine drifts over seconds to minutes, and a pair a few seconds
+// long sees the same drift on both sides, where one ceiling figure for the
+// whole run would not.
+func (r *results) runRounds(ceil target, others []target, step func(string, ...any)) error {
+	for _, t := range others {
+		r.targets = append(r.targets, t.name)
+	}
+	for round := range r.rounds {
+		for i := range others {
+			t := others[(i+round)%len(others)]
+			pair := [2]target{ceil, t}
+			if (round+i)%2 == 1 {
+				pair = [2]target{t, ceil}
+			}
+			var got [2]wrkResult
+			for j, x := range pair {
+				step("round %d/%d: %s", round+1, r.rounds, x.name)
+				cpu0 := cpuTime(x.pid)
+				w, err := runWrk(r.opts, x.url, x.env...)
+				if err != nil {
+					return err
+				}
+				w.cpu = cpuTime(x.pid) - cpu0
+				got[j] = w
+			}
+			tw, cw := got[1], got[0]
+			if pair[0].name != ceil.name {
+				tw, cw = got[0], got[1]
+			}
+			r.byTarget[t.name] = append(r.byTarget[t.name], tw)
+			r.paired[t.name] = append(r.paired[t.name], cw)
+			r.byTarget[ceil.name] = append(r.byTarget[ceil.name], cw)
+		}
+	}
+	return nil
+}
+
+// noteErrors records, as a problem of the run (which prints the daemon's
+// log), every target that answered a request with an error.
+func (r *results) noteErrors(ts []target) {
+	for _, t := range ts {
+		if e := errorKinds(r.byTarget[t.name]); e != "0" {
+			r.problems = append(r.problems, fmt.Sprintf("%s: %s failed requests", t.name, e))
+		}
+	}
+}
+
 func netnsID() string {
 	s, _ := os.Readlink("/proc/self/ns/net")
 	return s
 }
 
-// fetchDoc gets a token and the credential document from the daemon, to
-// size the ceiling's body and to hand the token to wrk.
-func fetchDoc(addr string) (string, []byte, error) {
+// fetchDoc gets a token and role's credential document from the server at
+// addr, to size the ceiling's body and to hand the token to wrk. The token
+// is bound to this process's uid and unit, which wrk, started by it,
+// shares.
+func fetchDoc(addr, role string) (string, []byte, error) {
 	c := &http.Client{Timeout: 10 * time.Second}
 	req, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/latest/api/token", nil)
 	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "21600")
@@ -349,7 +412,7 @@ func fetchDoc(addr string) (string, []byte, error) {
 	if resp.StatusCode != 200 {
 		return "", nil, fmt.Errorf("fetching a token: status %d", resp.StatusCode)
 	}
-	req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/latest/meta-data/iam/security-credentials/"+benchRole, nil)
+	req, _ = http.NewRequest(http.MethodGet, "http://"+addr+"/latest/meta-data/iam/security-credentials/"+role, nil)
 	req.Header.Set("X-aws-ec2-metadata-token", string(tok))
 	resp, err = c.Do(req)
 	if err != nil {
