@@ -65,11 +65,13 @@ type tokenKey struct {
 	macs sync.Pool
 }
 
-// tokenMAC is a keyed HMAC-SHA256 with room to decode a token and hold
-// its expected MAC, so verifying allocates nothing.
+// tokenMAC is a keyed HMAC-SHA256 with room to decode a token, copy the
+// binding (the hasher takes bytes, not strings) and hold the expected MAC,
+// so verifying allocates nothing.
 type tokenMAC struct {
 	h        hash.Hash
 	raw, sum [tokenRawLen]byte
+	binding  []byte
 }
 
 func newTokenKey(key []byte) (*tokenKey, error) {
@@ -85,7 +87,8 @@ func newTokenKey(key []byte) (*tokenKey, error) {
 func (m *tokenMAC) mac(dst, payload []byte, binding string) []byte {
 	m.h.Reset()
 	m.h.Write(payload)
-	io.WriteString(m.h, binding)
+	m.binding = append(m.binding[:0], binding...)
+	m.h.Write(m.binding)
 	return m.h.Sum(dst)
 }
 
