@@ -86,6 +86,7 @@ type member struct {
 	name    string // the role's name, as listed under security-credentials/
 	label   string // metrics label
 	arn     RoleARN
+	arnText string     // arn.String(), formatted once: For answers it per request
 	ref     *Refresher // nil for PerCaller
 	client  STSAPI
 	opts    Options
@@ -179,7 +180,7 @@ func newMember(ctx context.Context, r Role, o SetOptions, log, audit *slog.Logge
 		opts.Observer = o.NewObserver(label)
 	}
 	base, cancel := context.WithCancel(context.Background())
-	m := &member{role: r, name: arn.Name, label: label, arn: arn, client: client, opts: opts, wait: o.FirstWait,
+	m := &member{role: r, name: arn.Name, label: label, arn: arn, arnText: arn.String(), client: client, opts: opts, wait: o.FirstWait,
 		log: log, audit: audit, base: base, cancel: cancel, audited: map[string]string{}}
 	if r.PerCaller {
 		m.sessions = &sessions{max: r.MaxCallers, lru: list.New(), byKey: map[string]*list.Element{}}
@@ -402,9 +403,9 @@ func (s *Set) For(c callers.Caller) (arn string, src *Source, ok bool) {
 		return "", nil, false
 	}
 	if m.ref != nil {
-		return m.arn.String(), &Source{m: m, src: m.ref, caller: c}, true
+		return m.arnText, &Source{m: m, src: m.ref, caller: c}, true
 	}
-	return m.arn.String(), &Source{m: m, src: m.session(c), caller: c}, true
+	return m.arnText, &Source{m: m, src: m.session(c), caller: c}, true
 }
 
 // ARNs lists the role ARNs of the set, each once, in file order.

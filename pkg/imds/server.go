@@ -680,7 +680,7 @@ func (s *Server) serve(st *state, w http.ResponseWriter, r *http.Request) (strin
 func (s *Server) write(w http.ResponseWriter, r *http.Request, status int, resp response) int {
 	h := w.Header()
 	h.Set("Content-Type", resp.ctype)
-	h.Set("Content-Length", strconv.Itoa(len(resp.body)))
+	h.Set("Content-Length", resp.length)
 	h.Set("Accept-Ranges", "none")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {

@@ -9,12 +9,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -50,35 +52,57 @@ const (
 	tokenLen        = tokenRawLen * 4 / 3 // 64, no padding since 48 % 3 == 0
 )
 
+// tokenEncoding is the token's text form: base64url, no padding, and no
+// second spelling of the same bytes.
+var tokenEncoding = base64.RawURLEncoding.Strict()
+
 // tokenKey issues and verifies tokens with one HMAC key.
 type tokenKey struct {
 	key []byte
+	// macs holds *tokenMAC for reuse: hmac.New hashes the key into its
+	// pads and allocates two digests, which was most of the cost of
+	// checking a token; Reset restores a hasher to just after keying.
+	macs sync.Pool
+}
+
+// tokenMAC is a keyed HMAC-SHA256 with room to decode a token, copy the
+// binding (the hasher takes bytes, not strings) and hold the expected MAC,
+// so verifying allocates nothing.
+type tokenMAC struct {
+	h        hash.Hash
+	raw, sum [tokenRawLen]byte
+	binding  []byte
 }
 
 func newTokenKey(key []byte) (*tokenKey, error) {
 	if len(key) < TokenKeySize {
 		return nil, fmt.Errorf("token key has %d bytes, need at least %d", len(key), TokenKeySize)
 	}
-	return &tokenKey{key: bytes.Clone(key)}, nil
+	k := &tokenKey{key: bytes.Clone(key)}
+	k.macs.New = func() any { return &tokenMAC{h: hmac.New(sha256.New, k.key)} }
+	return k, nil
 }
 
-func (k *tokenKey) mac(payload []byte, binding string) []byte {
-	m := hmac.New(sha256.New, k.key)
-	m.Write(payload)
-	m.Write([]byte(binding))
-	return m.Sum(nil)
+// mac appends the MAC of payload and binding to dst.
+func (m *tokenMAC) mac(dst, payload []byte, binding string) []byte {
+	m.h.Reset()
+	m.h.Write(payload)
+	m.binding = append(m.binding[:0], binding...)
+	m.h.Write(m.binding)
+	return m.h.Sum(dst)
 }
 
 // issue returns a token for binding that expires at exp.
 func (k *tokenKey) issue(exp time.Time, binding string) (string, error) {
-	raw := make([]byte, tokenPayloadLen, tokenRawLen)
+	m := k.macs.Get().(*tokenMAC)
+	defer k.macs.Put(m)
+	raw := m.raw[:tokenPayloadLen]
 	raw[0] = tokenVersion
 	binary.BigEndian.PutUint64(raw[1:9], uint64(exp.UnixNano()))
 	if _, err := rand.Read(raw[9:tokenPayloadLen]); err != nil {
 		return "", fmt.Errorf("reading random nonce: %w", err)
 	}
-	raw = append(raw, k.mac(raw, binding)...)
-	return base64.RawURLEncoding.EncodeToString(raw), nil
+	return tokenEncoding.EncodeToString(m.mac(raw, raw, binding)), nil
 }
 
 // verify returns the expiry of tok and whether it is authentic for
@@ -87,14 +111,16 @@ func (k *tokenKey) verify(tok, binding string) (time.Time, bool) {
 	if len(tok) != tokenLen {
 		return time.Time{}, false
 	}
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(tok)
-	if err != nil || len(raw) != tokenRawLen || raw[0] != tokenVersion {
+	m := k.macs.Get().(*tokenMAC)
+	defer k.macs.Put(m)
+	n, err := tokenEncoding.Decode(m.raw[:], []byte(tok))
+	if err != nil || n != tokenRawLen || m.raw[0] != tokenVersion {
 		return time.Time{}, false
 	}
-	if !hmac.Equal(k.mac(raw[:tokenPayloadLen], binding), raw[tokenPayloadLen:]) {
+	if !hmac.Equal(m.mac(m.sum[:0], m.raw[:tokenPayloadLen], binding), m.raw[tokenPayloadLen:]) {
 		return time.Time{}, false
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(raw[1:9]))), true
+	return time.Unix(0, int64(binary.BigEndian.Uint64(m.raw[1:9]))), true
 }
 
 // parseTokenTTL parses the X-aws-ec2-metadata-token-ttl-seconds value: ASCII

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -48,14 +49,15 @@ const (
 	kindIAMDir                      // iam/ with Roles: listed only to a caller that has a role
 )
 
-// response is a precomputed body and its Content-Type.
+// response is a precomputed body, its Content-Type and its Content-Length.
 type response struct {
-	body  []byte
-	ctype string
+	body   []byte
+	ctype  string
+	length string
 }
 
 func newResponse(body []byte, ctype string) response {
-	return response{body: body, ctype: ctype}
+	return response{body: body, ctype: ctype, length: strconv.Itoa(len(body))}
 }
 
 type node struct {
