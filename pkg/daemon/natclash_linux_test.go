@@ -3,7 +3,6 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -57,17 +56,7 @@ func TestTokenAcrossSourcePortRemap(t *testing.T) {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return dialer.DialContext(ctx, "tcp4", addr)
 		}}}
-	req, _ := http.NewRequest(http.MethodPut, "http://169.254.169.254/latest/api/token", nil)
-	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "600")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("token: %v", err)
-	}
-	tok, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("token: %d %s", resp.StatusCode, tok)
-	}
+	tok := imdsTokenWith(t, client)
 	// The clash happened: conntrack gave the connection to port 80 from
 	// local another port on the listener's side.
 	ct, err := os.ReadFile("/proc/net/nf_conntrack")
@@ -85,7 +74,7 @@ func TestTokenAcrossSourcePortRemap(t *testing.T) {
 	}
 
 	// The credentials, on an ordinary connection, with that token.
-	if code, body := imdsGetWith(t, string(tok), "/latest/meta-data/iam/security-credentials/app"); code != 200 {
+	if code, body := imdsGetWith(t, tok, "/latest/meta-data/iam/security-credentials/app"); code != 200 {
 		t.Fatalf("credentials with the token got on the remapped connection: %d %s", code, body)
 	}
 }

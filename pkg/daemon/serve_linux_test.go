@@ -166,7 +166,12 @@ type daemonProc struct {
 }
 
 func (e *env) serve(cfg string) *daemonProc {
-	cmd := exec.Command(binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run"))
+	return e.start(exec.Command(binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run")))
+}
+
+// start runs cmd (imds-shim serve, possibly behind a wrapper) with this
+// env's notify socket, killing it when the test ends.
+func (e *env) start(cmd *exec.Cmd) *daemonProc {
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(e.dir, "notify.sock"))
 	d := &daemonProc{cmd: cmd, stderr: new(syncbuf.Buffer), done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
@@ -227,9 +232,15 @@ var imdsClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transpo
 // imdsToken gets an IMDSv2 token through 169.254.169.254.
 func imdsToken(t *testing.T) string {
 	t.Helper()
+	return imdsTokenWith(t, imdsClient)
+}
+
+// imdsTokenWith gets an IMDSv2 token through 169.254.169.254 with client.
+func imdsTokenWith(t *testing.T, client *http.Client) string {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodPut, "http://169.254.169.254/latest/api/token", nil)
 	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "600")
-	resp, err := imdsClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("token: %v", err)
 	}

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/daemon"
-	"github.com/imds-shim/imds-shim/pkg/internal/syncbuf"
 )
 
 // The unit's capability set (systemd/imds-shim.service CapabilityBoundingSet).
@@ -33,23 +32,8 @@ func (e *env) serveWithUnitCaps(cfg string) *daemonProc {
 	if err != nil {
 		e.t.Skip("setpriv (util-linux) not installed")
 	}
-	cmd := exec.Command(setpriv, "--bounding-set", unitCaps, "--inh-caps", "-all", "--",
-		binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run"))
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(e.dir, "notify.sock"))
-	d := &daemonProc{cmd: cmd, stderr: new(syncbuf.Buffer), done: make(chan error, 1)}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { d.done <- cmd.Wait() }()
-	e.t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-d.done
-		if e.t.Failed() {
-			e.t.Logf("daemon stderr:\n%s", d.stderr)
-		}
-	})
-	return d
+	return e.start(exec.Command(setpriv, "--bounding-set", unitCaps, "--inh-caps", "-all", "--",
+		binary(e.t), "serve", "-c", cfg, "--runtime-dir", filepath.Join(e.dir, "run")))
 }
 
 // attackerScript binds addr:port as fast as it can, printing WON on every
