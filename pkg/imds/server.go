@@ -457,12 +457,8 @@ func (st *state) sourceAllowed(r *http.Request) bool {
 		return true
 	}
 	if a == endpointV4 || a == endpointV6 {
-		if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-			if l, err := netip.ParseAddrPort(la.String()); err == nil {
-				if l := l.Addr().Unmap().WithZone(""); l.IsLoopback() || l == endpointV4 || l == endpointV6 {
-					return true
-				}
-			}
+		if l, ok := localAddr(r); ok && (l.IsLoopback() || l == endpointV4 || l == endpointV6) {
+			return true
 		}
 	}
 	for _, p := range st.cfg.AllowedCIDRs {
@@ -494,12 +490,8 @@ func (st *state) hostAllowed(r *http.Request) bool {
 		if a.IsLoopback() || a == endpointV4 || a == endpointV6 {
 			return true
 		}
-		if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
-			if l, ok := netip.AddrFromSlice(la.IP); ok && l.Unmap() == a {
-				return true
-			}
-		}
-		return false
+		l, ok := localAddr(r)
+		return ok && l == a
 	}
 	for _, a := range st.hosts {
 		if strings.EqualFold(h, a) {
@@ -507,6 +499,17 @@ func (st *state) hostAllowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// localAddr is the address r's connection arrived on (unmapped, no zone):
+// net/http puts the listener's *net.TCPAddr in the request's context.
+func localAddr(r *http.Request) (netip.Addr, bool) {
+	la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(la.IP)
+	return a.Unmap(), ok
 }
 
 func stripPort(h string) string {
