@@ -626,3 +626,45 @@ roles:
 		t.Errorf("ServedSources() = %v, want %v", got, want)
 	}
 }
+
+// Length limits checked apart from the character rules: the longest value
+// is accepted, one byte more is refused, by its key.
+func TestLengthLimits(t *testing.T) {
+	label := func(n int) string { return strings.Repeat("a", n) }
+	for _, tc := range []struct {
+		key string
+		val func(n int) string
+		max int
+	}{
+		{"metadata.hostname", label, 253},
+		{"metadata.local_hostname", label, 253},
+		{"metadata.domain", label, 253},
+		{"metadata.instance_type", func(n int) string { return "m" + strings.Repeat("5", n-1) }, 64},
+		{"metadata.root_device_name", func(n int) string { return "/dev/x" + strings.Repeat("1", n-6) }, 36},
+		{"metadata.availability_zone_id", func(n int) string { return strings.Repeat("u", n-5) + "-az12" }, 17},
+	} {
+		for _, n := range []int{tc.max, tc.max + 1} {
+			sect, k, _ := strings.Cut(tc.key, ".")
+			in := minimal + sect + ":\n  " + k + ": '" + tc.val(n) + "'\n"
+			_, err := Parse([]byte(in))
+			if len(tc.val(n)) != n {
+				t.Fatalf("%s: test value of %d bytes has %d", tc.key, n, len(tc.val(n)))
+			}
+			if got, want := keys(err), []string(nil); n > tc.max {
+				want = []string{tc.key}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s of %d bytes: problem keys %v, want %v (%v)", tc.key, n, got, want, err)
+				}
+			} else if len(got) != 0 {
+				t.Errorf("%s of %d bytes (the limit): refused: %v", tc.key, n, err)
+			}
+		}
+	}
+	for _, n := range []int{255, 256} {
+		in := minimal + "metadata:\n  public_keys:\n    '" + strings.Repeat("k", n) + "': 'ssh-ed25519 AAAAC3Nz me'\n"
+		_, err := Parse([]byte(in))
+		if refused := len(keys(err)) > 0; refused != (n > 255) {
+			t.Errorf("public key name of %d bytes: refused %v: %v", n, refused, err)
+		}
+	}
+}

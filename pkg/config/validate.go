@@ -29,12 +29,15 @@ var (
 	instanceRE    = regexp.MustCompile(`^i-([0-9a-f]{8}|[0-9a-f]{17})$`)
 	imageRE       = regexp.MustCompile(`^ami-([0-9a-f]{8}|[0-9a-f]{17})$`)
 	reservationRE = regexp.MustCompile(`^r-([0-9a-f]{8}|[0-9a-f]{17})$`)
-	hostRE        = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
-	domainRE      = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,252})$`)
-	typeRE        = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,63}$`)
-	deviceRE      = regexp.MustCompile(`^/dev/[a-z][a-z0-9/]{0,30}$`)
-	keyNameRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 ._:@+,-]{0,254}$`)
-	sshKeyRE      = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$`)
+	// Lengths are checked apart (maxLen below): Go's regexp compiles a
+	// bounded repetition such as {0,252} into that many copies of its
+	// class, a program the daemon would keep in memory for nothing.
+	hostRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]*$`)
+	domainRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]*$`)
+	typeRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]*$`)
+	deviceRE  = regexp.MustCompile(`^/dev/[a-z][a-z0-9/]*$`)
+	keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9 ._:@+,-]*$`)
+	sshKeyRE  = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$`)
 	// systemd.unit(5): unit names of the kinds a process's cgroup can be.
 	unitRE = regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|scope|slice)$`)
 	// useradd(8) portable names; numeric ids are accepted as written.
@@ -609,19 +612,20 @@ func (c *Config) validateMetadata(bad badFunc, check func(string) bool) {
 	for _, f := range []struct {
 		key, val string
 		re       *regexp.Regexp
+		maxLen   int
 		what     string
 	}{
-		{"metadata.availability_zone_id", m.AvailabilityZoneID, azIDRE, "shaped like use1-az1"},
-		{"metadata.domain", m.Domain, domainRE, "a DNS suffix"},
-		{"metadata.instance_id", m.InstanceID, instanceRE, "i- followed by 8 or 17 hex digits"},
-		{"metadata.ami_id", m.AMIID, imageRE, "ami- followed by 8 or 17 hex digits"},
-		{"metadata.instance_type", m.InstanceType, typeRE, "letters, digits, '.' and '-'"},
-		{"metadata.hostname", m.Hostname, hostRE, "a host name"},
-		{"metadata.local_hostname", m.LocalHostname, hostRE, "a host name"},
-		{"metadata.reservation_id", m.ReservationID, reservationRE, "r- followed by 8 or 17 hex digits"},
-		{"metadata.root_device_name", m.RootDeviceName, deviceRE, "a device path such as /dev/xvda"},
+		{"metadata.availability_zone_id", m.AvailabilityZoneID, azIDRE, 17, "shaped like use1-az1"},
+		{"metadata.domain", m.Domain, domainRE, 253, "a DNS suffix"},
+		{"metadata.instance_id", m.InstanceID, instanceRE, 19, "i- followed by 8 or 17 hex digits"},
+		{"metadata.ami_id", m.AMIID, imageRE, 21, "ami- followed by 8 or 17 hex digits"},
+		{"metadata.instance_type", m.InstanceType, typeRE, 64, "letters, digits, '.' and '-' (at most 64)"},
+		{"metadata.hostname", m.Hostname, hostRE, 253, "a host name"},
+		{"metadata.local_hostname", m.LocalHostname, hostRE, 253, "a host name"},
+		{"metadata.reservation_id", m.ReservationID, reservationRE, 19, "r- followed by 8 or 17 hex digits"},
+		{"metadata.root_device_name", m.RootDeviceName, deviceRE, 36, "a device path such as /dev/xvda"},
 	} {
-		if f.val != "" && !f.re.MatchString(f.val) {
+		if f.val != "" && (len(f.val) > f.maxLen || !f.re.MatchString(f.val)) {
 			bad(f.key, "%q is not %s", f.val, f.what)
 		}
 	}
@@ -668,7 +672,7 @@ func (c *Config) validateMetadata(bad badFunc, check func(string) bool) {
 		bad("metadata.public_keys", "has %d keys, at most %d are allowed", len(m.PublicKeys), MaxPublicKeys)
 	} else {
 		for _, k := range slices.Sorted(maps.Keys(m.PublicKeys)) {
-			if !keyNameRE.MatchString(k) {
+			if len(k) > 255 || !keyNameRE.MatchString(k) {
 				bad("metadata.public_keys", "name %q must be 1 to 255 of letters, digits, spaces and ._:@+,- (it is listed as 0=name)", k)
 			}
 			if v := m.PublicKeys[k]; len(v) > MaxPublicKeyBytes || !sshKeyRE.MatchString(v) {

@@ -126,7 +126,7 @@ type Config struct {
 }
 
 var (
-	hostRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
+	hostRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]*$`) // and at most 253 bytes
 	profIDRE = regexp.MustCompile(`^AIPA[A-Z0-9]{16,17}$`)
 )
 
@@ -198,7 +198,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for _, h := range c.AllowedHosts {
-		if !hostRE.MatchString(h) {
+		if len(h) > 253 || !hostRE.MatchString(h) {
 			add("AllowedHosts: %q is not a host name", h)
 		}
 	}

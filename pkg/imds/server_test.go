@@ -435,6 +435,8 @@ func TestConfigValidate(t *testing.T) {
 		{"override traversal", func(c *Config) { c.Overrides = map[string]string{"meta-data/../x": "1"} }, "starts with '.'"},
 		{"override top", func(c *Config) { c.Overrides = map[string]string{"secrets/x": "1"} }, "top level"},
 		{"host", func(c *Config) { c.AllowedHosts = []string{"bad host"} }, "AllowedHosts: "},
+		{"host at 253 bytes", func(c *Config) { c.AllowedHosts = []string{strings.Repeat("h", 253)} }, ""},
+		{"host over 253 bytes", func(c *Config) { c.AllowedHosts = []string{strings.Repeat("h", 254)} }, "AllowedHosts: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := baseConfig()

@@ -43,9 +43,10 @@ var (
 	accountRE = regexp.MustCompile(`^[0-9]{12}$`)
 	// IAM: role names are 1..64 of [\w+=,.@-]; path segments are
 	// printable ASCII without '/', the whole path at most 512.
-	roleNameRE = regexp.MustCompile(`^[\w+=,.@-]{1,64}$`)
+	// (Lengths are checked apart: regexp compiles {1,64} into 64 copies.)
+	roleNameRE = regexp.MustCompile(`^[\w+=,.@-]+$`)
 	pathRE     = regexp.MustCompile(`^/([\x21-\x2E\x30-\x7E]+/)*$`)
-	policyRE   = regexp.MustCompile(`^policy(/[\x21-\x2E\x30-\x7E]+)*/[\w+=,.@-]{1,128}$`)
+	policyRE   = regexp.MustCompile(`^policy(/[\x21-\x2E\x30-\x7E]+)*/[\w+=,.@-]+$`)
 	raIDRE     = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 )
 
@@ -96,7 +97,7 @@ func ParseRole(s string) (Role, error) {
 	} else {
 		i := strings.LastIndexByte(rest, '/')
 		r.Path, r.Name = "/"+rest[:i+1], rest[i+1:] // i == -1: path "/"
-		if !roleNameRE.MatchString(r.Name) {
+		if len(r.Name) > 64 || !roleNameRE.MatchString(r.Name) {
 			errs = append(errs, fmt.Errorf("role name %q is not 1 to 64 of letters, digits and +=,.@_-", r.Name))
 		}
 		if len(r.Path) > 512 || !pathRE.MatchString(r.Path) {
@@ -121,7 +122,7 @@ func CheckPolicy(s string) error {
 	if a.AccountID != "aws" && !accountRE.MatchString(a.AccountID) {
 		errs = append(errs, fmt.Errorf("account %q is not 12 digits or aws", a.AccountID))
 	}
-	if !policyRE.MatchString(a.Resource) {
+	if name := a.Resource[strings.LastIndexByte(a.Resource, '/')+1:]; len(name) > 128 || !policyRE.MatchString(a.Resource) {
 		errs = append(errs, fmt.Errorf("resource %q is not policy/PATH/NAME", a.Resource))
 	}
 	if len(errs) > 0 {

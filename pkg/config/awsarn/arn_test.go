@@ -105,11 +105,13 @@ func TestParseRolesAnywhere(t *testing.T) {
 
 func TestCheckPolicy(t *testing.T) {
 	for s, ok := range map[string]bool{
-		"arn:aws:iam::aws:policy/ReadOnlyAccess":              true,
-		"arn:aws-cn:iam::123456789012:policy/team/x":          true,
-		"arn:aws:iam::aws:role/ReadOnlyAccess":                false,
-		"arn:aws:iam::aws:policy/":                            false,
-		"arn:aws:s3:::bucket-name-long-enough-for-the-length": false,
+		"arn:aws:iam::aws:policy/ReadOnlyAccess":                true,
+		"arn:aws-cn:iam::123456789012:policy/team/x":            true,
+		"arn:aws:iam::aws:role/ReadOnlyAccess":                  false,
+		"arn:aws:iam::aws:policy/":                              false,
+		"arn:aws:s3:::bucket-name-long-enough-for-the-length":   false,
+		"arn:aws:iam::aws:policy/p/" + strings.Repeat("n", 128): true,
+		"arn:aws:iam::aws:policy/p/" + strings.Repeat("n", 129): false,
 	} {
 		if err := CheckPolicy(s); (err == nil) != ok {
 			t.Errorf("CheckPolicy(%q) = %v", s, err)
@@ -136,6 +138,7 @@ func TestParseRoleTable(t *testing.T) {
 		{in: "arn:aws:iam::123456789012:role/", wantErr: `role name "" is not`},
 		{in: "arn:aws:iam::123456789012:role/a//b", wantErr: `role path "/a//"`},
 		{in: "arn:aws:iam::123456789012:role/" + strings.Repeat("n", 65), wantErr: "role name"},
+		{in: "arn:aws:iam::123456789012:role/" + strings.Repeat("n", 64), want: Role{"aws", "123456789012", "/", strings.Repeat("n", 64)}},
 		{in: "arn:aws:iam::123456789012:role/sp ace", wantErr: "role name"},
 		{in: "arn:aws:iam::1:role", wantErr: "20 to 2048 characters"},
 		{in: "not-an-arn-at-all-but-long", wantErr: "want arn:PARTITION"},
