@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,7 +19,8 @@ import (
 // net/http.Server with these applied.
 type Limits struct {
 	// HeaderTimeout bounds reading a request header, on a new connection
-	// and on every reused one (http.Server.ReadHeaderTimeout).
+	// and on every reused one (http.Server.ReadHeaderTimeout), and reading
+	// a request body, for a handler that reads one (see bodies).
 	HeaderTimeout time.Duration
 	// IdleTimeout bounds a keep-alive connection between requests.
 	IdleTimeout time.Duration
@@ -68,7 +68,7 @@ type ConnObserver interface {
 // Why a connection closed, for metrics.
 const (
 	ClosedEnded         = "ended"          // by the client, or after its request (Connection: close, HTTP/1.0, an error)
-	ClosedHeaderTimeout = "header_timeout" // a request header (or body) not complete within HeaderTimeout
+	ClosedHeaderTimeout = "header_timeout" // a request header (or a body a handler reads) not complete within HeaderTimeout
 	ClosedIdleTimeout   = "idle_timeout"   // no next request within IdleTimeout
 	ClosedWriteTimeout  = "write_timeout"  // an answer not taken by the client within WriteTimeout
 	ClosedShutdown      = "shutdown"       // the server stopped
@@ -114,11 +114,12 @@ func NewHTTPServer(h http.Handler, l Limits, o HTTPOptions) *HTTPServer {
 		base = context.Background()
 	}
 	s.srv = &http.Server{
-		Handler:           unreadBodyNoWait(h),
+		Handler:           bodies(h, l.HeaderTimeout),
 		ReadHeaderTimeout: l.HeaderTimeout,
-		// ReadTimeout bounds the body too (net/http drains up to 256 KiB
-		// of an unread one before reusing the connection).
-		ReadTimeout:    l.HeaderTimeout + l.WriteTimeout,
+		// No ReadTimeout: after a request's header, nothing is read from
+		// the client but a body a handler asks for, which bodies bounds,
+		// and the next request, which IdleTimeout and ReadHeaderTimeout
+		// bound.
 		WriteTimeout:   l.WriteTimeout,
 		IdleTimeout:    l.IdleTimeout,
 		MaxHeaderBytes: l.MaxHeaderBytes,
@@ -237,26 +238,27 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 }
 
 // cancelledBefore: net/http cancels a pending read with a deadline of
-// 1970-01-01T00:00:01Z, and so does unreadBodyNoWait; no real deadline
+// 1970-01-01T00:00:01Z, and so does bodies; no real deadline
 // lies before this.
 var cancelledBefore = time.Unix(1<<20, 0)
 
-// unreadBodyNoWait: a client that sends "Expect: 100-continue" sends its
-// body only after a 100 Continue, which net/http sends only when the
-// handler reads the body. A handler that does not read it but closes it
-// (or leaves net/http to close it after the response) would have net/http
-// wait for that body until ReadTimeout, holding the connection. Such a
-// request's connection is closed after the response (the bytes that follow
-// could be the body or the next request), and a pending read of the unsent
-// body is cancelled, so Close returns at once.
-func unreadBodyNoWait(next http.Handler) http.Handler {
+// bodies: no handler of the daemon reads a request body (the metadata
+// API, metrics and the control socket take none), so a request that comes
+// with one is answered and its connection closed after the answer, the body
+// unread: net/http would otherwise read up to 256 KiB of it, at the client's
+// pace, before the next request, and a client that sends "Expect:
+// 100-continue" would be waited for until it gave up, since it sends its
+// body only after a 100 Continue that a handler which does not read never
+// triggers. A handler that does read the body gets HeaderTimeout to read
+// it, from its first read.
+func bodies(next http.Handler, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody || !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		if r.Body == nil || r.Body == http.NoBody {
 			next.ServeHTTP(w, r)
 			return
 		}
 		w.Header().Set("Connection", "close")
-		b := &unreadBody{ReadCloser: r.Body, rc: http.NewResponseController(w)}
+		b := &unreadBody{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: timeout}
 		r.Body = b
 		next.ServeHTTP(w, r)
 		b.cancelIfUnread()
@@ -265,12 +267,15 @@ func unreadBodyNoWait(next http.Handler) http.Handler {
 
 type unreadBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	read atomic.Bool
+	rc      *http.ResponseController
+	timeout time.Duration
+	read    atomic.Bool
 }
 
 func (b *unreadBody) Read(p []byte) (int, error) {
-	b.read.Store(true)
+	if !b.read.Swap(true) {
+		b.rc.SetReadDeadline(time.Now().Add(b.timeout)) //nolint:errcheck // only fails on a connection already gone
+	}
 	return b.ReadCloser.Read(p)
 }
 

@@ -232,11 +232,59 @@ func TestStackExpectContinue(t *testing.T) {
 			}
 			if name != "reads" {
 				// The server lets go of the connection at once, not
-				// after waiting ReadTimeout for a body never sent.
+				// after waiting for a body never sent.
 				ev.want(t, "opened", "closed:"+ClosedEnded)
 			}
 		})
 	}
+}
+
+// A request with a body that no handler reads is answered at once and its
+// connection closed, however slowly the body would come; a handler that
+// reads a body gets HeaderTimeout for it, from its first read.
+func TestStackBodies(t *testing.T) {
+	l := testLimits
+	l.IdleTimeout, l.WriteTimeout = time.Minute, time.Minute
+	for name, tc := range map[string]struct {
+		h      http.HandlerFunc
+		status int
+		closed string
+	}{
+		"ignored": {okHandler, 200, ClosedEnded},
+		"read":    {func(w http.ResponseWriter, r *http.Request) { _, err := io.ReadAll(r.Body); fmt.Fprint(w, err) }, 200, ClosedHeaderTimeout},
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr, ev, _ := serveStack(t, tc.h, l, HTTPOptions{})
+			c := dial(t, addr)
+			c.SetDeadline(time.Now().Add(10 * time.Second)) // a guard only
+			br := bufio.NewReader(c)
+			// 2 of 10 bytes, then nothing: a slow client.
+			io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || !resp.Close {
+				t.Errorf("status %d, close %v, want %d and close", resp.StatusCode, resp.Close, tc.status)
+			}
+			if name == "read" && !strings.Contains(string(b), "timeout") {
+				t.Errorf("the reading handler got %q, want a timeout error", b)
+			}
+			ev.want(t, "opened", "closed:"+tc.closed)
+			expectClosed(t, c)
+		})
+	}
+	// A request without a body keeps its connection.
+	addr, ev, _ := serveStack(t, okHandler, long(l), HTTPOptions{})
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	for range 2 {
+		if resp := rawGet(t, c, br); resp.StatusCode != 200 || resp.Close {
+			t.Fatalf("GET: status %d, close %v", resp.StatusCode, resp.Close)
+		}
+	}
+	ev.want(t, "opened")
 }
 
 // ConnContext gets the accepted socket, once per connection, and can read
