@@ -177,6 +177,10 @@ func ReadStatus(ctx context.Context, socket string) (*Status, []byte, error) {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
 		},
+		// One request per connection: a kept-alive one would stay open
+		// on the daemon's side until its idle timeout, and a caller that
+		// polls (imds-shim reload) would fill the socket's connection cap.
+		DisableKeepAlives: true,
 	}, Timeout: 5 * time.Second}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://imds-shim/status", nil)
 	if err != nil {

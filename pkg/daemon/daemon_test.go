@@ -850,3 +850,17 @@ func TestProbePathIsNoOracle(t *testing.T) {
 		t.Errorf("guessed probe path answered %q, want the metadata handler's %q", got, "app")
 	}
 }
+
+// TestStatusPollingKeepsNoConnection: `imds-shim reload` polls the status
+// every 50 ms; each ReadStatus must close its connection, or the control
+// socket's cap (AdminLimits.MaxConns) would be full within seconds.
+func TestStatusPollingKeepsNoConnection(t *testing.T) {
+	w, dir, path := newSetup(t)
+	cancel, _, done := start(t, w, w.deps(dir), path)
+	defer func() { cancel(); wait(t, done) }()
+	for i := range 2 * AdminLimits.MaxConns {
+		if _, _, err := ReadStatus(context.Background(), filepath.Join(dir, "control.sock")); err != nil {
+			t.Fatalf("status request %d: %v", i+1, err)
+		}
+	}
+}
