@@ -77,6 +77,9 @@ func TestCheckWarnsAboutReadableCredentials(t *testing.T) {
 	if !strings.Contains(out.String(), "reachable by processes on this host only") {
 		t.Errorf("check does not say who can reach the listener:\n%s", &out)
 	}
+	if !strings.Contains(out.String(), "port 9254: any local user may bind it first") {
+		t.Errorf("check does not say that the default metrics port can be taken:\n%s", &out)
+	}
 }
 
 func TestCheckPrintsCallerTable(t *testing.T) {

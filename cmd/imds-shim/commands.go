@@ -56,6 +56,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if l := c.Metrics.Listen; l.IsValid() {
 		fmt.Fprintf(stdout, "metrics:   http://%s/metrics\n", l)
 		fmt.Fprintf(stdout, "           reachable by %s\n", c.Reach(l))
+		if l.Port() >= 1024 {
+			fmt.Fprintf(stdout, "           port %d: any local user may bind it first; the daemon then serves credentials without metrics until it is free\n", l.Port())
+		}
 	} else {
 		fmt.Fprintf(stdout, "metrics:   off\n")
 	}
@@ -222,6 +225,12 @@ func printStatus(w io.Writer, st *daemon.Status) {
 		ls = strings.Join(st.Listeners, ", ")
 	}
 	fmt.Fprintf(w, "listener:    %s (tokens %s, hop limit %d)\n", ls, st.Tokens, st.HopLimit)
+	switch {
+	case st.MetricsError != "":
+		fmt.Fprintf(w, "metrics:     NOT LISTENING on %s: %s (tried again until free)\n", st.Metrics, st.MetricsError)
+	case st.Metrics != "":
+		fmt.Fprintf(w, "metrics:     http://%s/metrics\n", st.Metrics)
+	}
 	if st.CredentialsError != "" {
 		fmt.Fprintf(w, "credentials: NONE: %s\n", st.CredentialsError)
 	} else {

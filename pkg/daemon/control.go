@@ -32,6 +32,58 @@ func (d *daemon) startMetrics(ctx context.Context, addr string) (*HTTPServer, er
 	return srv, nil
 }
 
+// metricsHeld: another process holds the metrics address. That does not
+// stop the daemon, which is there for credentials: any local user can bind
+// a port at or above ip_unprivileged_port_start (as 9254 is) before the
+// daemon does, at boot or during a restart, and would otherwise keep every
+// SDK on the host without credentials. The daemon serves without metrics
+// and /healthz, says so in its log, its status and systemd's status line,
+// and binds the address as soon as it is free (tried every MetricsRetry).
+func (d *daemon) metricsHeld(ctx context.Context, addr string, err error) {
+	every := d.deps.MetricsRetry
+	if every <= 0 {
+		every = DefaultMetricsRetry
+	}
+	d.mu.Lock()
+	d.metricsErr = err.Error()
+	gen := d.metricsGen
+	d.mu.Unlock()
+	d.log.Error("the metrics listener's address is held by another process: serving credentials without /metrics and /healthz until it is free",
+		"addr", addr, "err", err, "retry_every", every)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			srv, err := d.startMetrics(ctx, addr)
+			d.mu.Lock()
+			if d.metricsGen != gen {
+				d.mu.Unlock()
+				if srv != nil {
+					srv.Close()
+				}
+				return
+			}
+			if err != nil {
+				d.metricsErr = err.Error()
+				d.mu.Unlock()
+				continue
+			}
+			d.metrics, d.metricsErr = srv, ""
+			d.mu.Unlock()
+			d.log.Info("metrics listener bound", "addr", addr)
+			return
+		}
+	}()
+}
+
+// DefaultMetricsRetry is how often a held metrics address is tried again.
+const DefaultMetricsRetry = 5 * time.Second
+
 // healthz answers 200 when the daemon serves valid credentials on its
 // listener and through 169.254.169.254 (for at least one role; the body
 // names the roles that have none: "degraded: …"), and 503 with the reason
@@ -87,13 +139,16 @@ type Status struct {
 	Listen  string    `json:"listen"`
 	// Listeners are every metadata listener, imds.listen first (with the
 	// network managed and IPv6 in use, [fd00:ec2::254] on the same port).
-	Listeners       []string `json:"listeners"`
-	Tokens          string   `json:"tokens"`
-	HopLimit        int      `json:"hop_limit"`
-	Metrics         string   `json:"metrics,omitempty"`
-	ManageNetwork   bool     `json:"manage_network"`
-	Reloads         int      `json:"reloads"`
-	LastReloadError string   `json:"last_reload_error,omitempty"`
+	Listeners []string `json:"listeners"`
+	Tokens    string   `json:"tokens"`
+	HopLimit  int      `json:"hop_limit"`
+	Metrics   string   `json:"metrics,omitempty"`
+	// MetricsError is why the metrics listener is not bound (another
+	// process holds its address: it is tried again until free).
+	MetricsError    string `json:"metrics_error,omitempty"`
+	ManageNetwork   bool   `json:"manage_network"`
+	Reloads         int    `json:"reloads"`
+	LastReloadError string `json:"last_reload_error,omitempty"`
 	// ReloadAttempts counts every reload finished, applied or rejected,
 	// so that `imds-shim reload` can wait for the one it asked for.
 	ReloadAttempts int `json:"reload_attempts"`
@@ -117,7 +172,7 @@ func (d *daemon) status(ctx context.Context) Status {
 	s := Status{
 		Version: d.deps.Version, PID: os.Getpid(), Config: d.path, Started: d.started.UTC(),
 		RoleARN: cfg.RoleARN.String(), Listen: lns[0].ln.Addr().String(), Tokens: cfg.IMDS.Tokens, HopLimit: cfg.IMDS.HopLimit,
-		Metrics: cfg.MetricsListen(), ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr, ReloadAttempts: d.reloadAttempts,
+		Metrics: cfg.MetricsListen(), MetricsError: d.metricsErr, ManageNetwork: cfg.ManageNetwork(), Reloads: d.reloads, LastReloadError: d.lastErr, ReloadAttempts: d.reloadAttempts,
 	}
 	for _, b := range lns {
 		s.Listeners = append(s.Listeners, b.ln.Addr().String())

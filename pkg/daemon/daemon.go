@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/imds-shim/imds-shim/pkg/config"
@@ -98,6 +99,9 @@ type Deps struct {
 	Listen func(addr string, hopLimit int) (net.Listener, error)
 	// ListenMetrics binds the metrics listener.
 	ListenMetrics func(addr string) (net.Listener, error)
+	// MetricsRetry is how often a metrics address that another process
+	// holds is tried again; 0 means DefaultMetricsRetry.
+	MetricsRetry time.Duration
 	// ForgetClosedFlows, when set, is called with the address of a
 	// metadata listener that a reload closed, once at the close and once
 	// more after forgetAgainAfter: it removes the connection-tracking
@@ -190,9 +194,14 @@ type daemon struct {
 	lns     []boundListener
 	srv     *HTTPServer
 	metrics *HTTPServer
-	control *HTTPServer
-	started time.Time
-	reloads int
+	// metricsErr is why the metrics listener is not bound ("" when it is
+	// or none is configured); metricsGen changes whenever the wanted
+	// metrics listener does (reload, stop), which ends a retry loop.
+	metricsErr string
+	metricsGen uint64
+	control    *HTTPServer
+	started    time.Time
+	reloads    int
 	// reloadAttempts counts reloads finished, applied or rejected.
 	reloadAttempts int
 	lastErr        string // last rejected reload
@@ -322,8 +331,13 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	}()
 
 	var metrics *HTTPServer
+	var metricsHeld error
 	if addr := cfg.MetricsListen(); addr != "" {
-		if metrics, err = d.startMetrics(ctx, addr); err != nil {
+		metrics, err = d.startMetrics(ctx, addr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			metricsHeld, err = err, nil // see metricsHeld
+		}
+		if err != nil {
 			return exitErr(ExitNetwork, "binding the metrics listener %s: %w", addr, err)
 		}
 	}
@@ -344,6 +358,9 @@ func (d *daemon) start(ctx context.Context) (err error) {
 	d.mu.Unlock()
 	for _, b := range lns {
 		d.serve(d.srv, b.ln)
+	}
+	if metricsHeld != nil {
+		d.metricsHeld(ctx, cfg.MetricsListen(), metricsHeld)
 	}
 	d.switched(creds)
 	d.credsRun = startRunner(ctx, d.log, "credentials", creds.Run)
@@ -472,6 +489,7 @@ func (d *daemon) stop() error {
 	d.log.Info("stopping")
 	d.mu.Lock()
 	cfg, srv, metrics, control, network := d.cfg, d.srv, d.metrics, d.control, d.net
+	d.metricsGen++ // a retry loop stops, and closes what it may just have bound
 	d.mu.Unlock()
 
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout.D())
@@ -504,6 +522,16 @@ func (d *daemon) stop() error {
 }
 
 func (d *daemon) statusLine() string {
+	d.mu.Lock()
+	metricsErr := d.metricsErr
+	d.mu.Unlock()
+	if metricsErr != "" {
+		return d.credentialsLine() + "; no metrics: " + oneLine(errors.New(metricsErr))
+	}
+	return d.credentialsLine()
+}
+
+func (d *daemon) credentialsLine() string {
 	d.mu.Lock()
 	cfg, creds := d.cfg, d.creds
 	d.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -848,6 +849,77 @@ func TestProbePathIsNoOracle(t *testing.T) {
 	st := mustStatus(t, dir)
 	if got := get(t, "http://"+st.Listen+probePrefix+strings.Repeat("ab", 32)); got != "app" {
 		t.Errorf("guessed probe path answered %q, want the metadata handler's %q", got, "app")
+	}
+}
+
+// TestMetricsAddressHeld: a local user who binds the metrics address
+// first (it is above ip_unprivileged_port_start) cannot keep the daemon
+// from serving credentials; the daemon says so in its status, and binds
+// the address once it is free, at start and on a reload alike.
+func TestMetricsAddressHeld(t *testing.T) {
+	hold := func(t *testing.T) net.Listener {
+		t.Helper()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+	// waitMetrics polls the status until the metrics listener is bound,
+	// then checks that it is the daemon's (a /healthz answer).
+	waitMetrics := func(t *testing.T, dir, addr string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for st := mustStatus(t, dir); st.MetricsError != ""; st = mustStatus(t, dir) {
+			if time.Now().After(deadline) {
+				t.Fatalf("metrics listener not bound within 10s of its address being freed: %s", st.MetricsError)
+			}
+			runtime.Gosched()
+		}
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			t.Fatalf("/healthz after the address was freed: %v", err)
+		}
+		resp.Body.Close()
+	}
+	w, dir, path := newSetup(t)
+	squat := hold(t)
+	addr := squat.Addr().String()
+	writeConfig(t, path, "app", "metrics:\n  listen: "+addr+"\n")
+	deps := w.deps(dir)
+	deps.ListenMetrics = func(a string) (net.Listener, error) { return net.Listen("tcp", a) }
+	deps.MetricsRetry = 10 * time.Millisecond
+	cancel, reload, done := start(t, w, deps, path) // READY=1 despite the held address
+	st := mustStatus(t, dir)
+	if !strings.Contains(st.MetricsError, "address already in use") || st.Metrics != addr {
+		t.Fatalf("status: metrics %q, metrics_error %q; want the held address named", st.Metrics, st.MetricsError)
+	}
+	if got := get(t, "http://"+st.Listen+"/"); got != "app" {
+		t.Fatalf("credentials while the metrics address is held: %q", got)
+	}
+	w.mu.Lock()
+	readyNote := w.notes[slices.IndexFunc(w.notes, func(n string) bool { return strings.HasPrefix(n, "READY=1") })]
+	w.mu.Unlock()
+	if !strings.Contains(readyNote, "; no metrics: ") {
+		t.Errorf("systemd's status at READY=1 does not say metrics are off: %q", readyNote)
+	}
+	squat.Close()
+	waitMetrics(t, dir, addr)
+
+	// A reload to another held address: the same.
+	squat2 := hold(t)
+	addr2 := squat2.Addr().String()
+	writeConfig(t, path, "app", "metrics:\n  listen: "+addr2+"\n")
+	w.reloadAndWait(reload)
+	if st := mustStatus(t, dir); st.LastReloadError != "" || !strings.Contains(st.MetricsError, "address already in use") {
+		t.Fatalf("after reload to a held address: reload error %q, metrics_error %q", st.LastReloadError, st.MetricsError)
+	}
+	squat2.Close()
+	waitMetrics(t, dir, addr2)
+	cancel()
+	if err := wait(t, done); err != nil {
+		t.Fatalf("stop: %v", err)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	sdd "github.com/coreos/go-systemd/v22/daemon"
@@ -185,16 +186,29 @@ func (d *daemon) applyReload(ctx context.Context) (err error) {
 		old.stop()
 	}
 	if old.MetricsListen() != cfg.MetricsListen() {
-		if d.metrics != nil {
-			d.metrics.Close()
-			d.metrics = nil
+		d.mu.Lock()
+		d.metricsGen++
+		m := d.metrics
+		d.metrics, d.metricsErr = nil, ""
+		d.mu.Unlock()
+		if m != nil {
+			m.Close()
 		}
 		if addr := cfg.MetricsListen(); addr != "" {
 			m, err := d.startMetrics(ctx, addr)
-			if err != nil {
+			switch {
+			case err == nil:
+				d.mu.Lock()
+				d.metrics = m
+				d.mu.Unlock()
+			case errors.Is(err, syscall.EADDRINUSE):
+				d.metricsHeld(ctx, addr, err)
+			default:
 				d.log.Error("binding the metrics listener; metrics are off until the next reload", "addr", addr, "err", err)
+				d.mu.Lock()
+				d.metricsErr = err.Error()
+				d.mu.Unlock()
 			}
-			d.metrics = m
 		}
 	}
 	return nil
