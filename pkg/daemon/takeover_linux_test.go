@@ -398,3 +398,58 @@ func TestHealthzImpostor(t *testing.T) {
 		t.Errorf("/healthz after the impostor left = %d %q", code, body)
 	}
 }
+
+// squatterScript holds addr:port (bound and listening, answering nothing)
+// until SIGTERM.
+const squatterScript = `
+import signal, socket, sys
+s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+print("HOLDING", flush=True)
+signal.sigwait({signal.SIGTERM})
+`
+
+// TestMetricsPortSquatted: an unprivileged user who holds the metrics
+// port (9254, unprivileged) before the daemon starts does not keep it
+// from serving credentials; once the port is free the daemon binds it.
+func TestMetricsPortSquatted(t *testing.T) {
+	e := newEnv(t)
+	cmd := exec.Command("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+		"--bounding-set=-all", "/usr/bin/python3", "-c", squatterScript, "127.0.0.1", "9254")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Skipf("setpriv and python3 for the unprivileged squatter: %v", err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "HOLDING\n" {
+		t.Fatalf("squatter: %q", l)
+	}
+
+	d := e.serveWithUnitCaps(e.writeConfig("app", ""))
+	e.waitNote("READY=1", d)
+	if _, _, _, err := fetchCredentials(); err != nil {
+		t.Fatalf("credentials while the metrics port is held: %v", err)
+	}
+	if st := e.statusJSON(t); !strings.Contains(st.MetricsError, "address already in use") {
+		t.Fatalf("status metrics_error = %q, want the held address named", st.MetricsError)
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	// The daemon tries again every 5 s: poll its status until it has.
+	deadline := time.After(30 * time.Second)
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for st := e.statusJSON(t); st.MetricsError != ""; st = e.statusJSON(t) {
+		select {
+		case <-deadline:
+			t.Fatalf("metrics listener not bound 30 s after the port was freed: %s", st.MetricsError)
+		case <-poll.C:
+		}
+	}
+	if code, body := httpGet(t, "http://127.0.0.1:9254/healthz"); code != 200 {
+		t.Errorf("/healthz once the port is free = %d %q", code, body)
+	}
+}
