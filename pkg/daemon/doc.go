@@ -13,7 +13,10 @@
 // connection's opening and closing reason reported to a ConnObserver. The
 // cap is a small semaphore in the listener wrapper rather than
 // golang.org/x/net/netutil.LimitListener, whose connection type hides the
-// socket that Deps.ConnContext (caller identification) needs to query.
+// socket that Deps.ConnContext (caller identification) needs to query. No
+// handler reads a request body, so there is no ReadTimeout: a request that
+// carries one is answered unread and its connection closed, and a handler
+// that does read one gets the header timeout for it.
 //
 // The metadata API listens on every address the redirect leads to:
 // imds.listen and, when the network's Setup decided to answer at
@@ -32,7 +35,10 @@
 // limit applies in place, a new address is bound before the old one is
 // released); and the watchdog and /healthz probe the listener and the
 // endpoint with a one-time challenge only this process can answer, so
-// they fail when anything else answers there.
+// they fail when anything else answers there. The metrics listener's
+// default port is unprivileged: another process holding it does not stop
+// the daemon, which serves credentials without metrics, says so (status,
+// log, systemd's status line) and binds the address once it is free.
 //
 // The credential engine is one value for every configured role
 // (credentials.Set in production). Start fails with ExitCredentials only
