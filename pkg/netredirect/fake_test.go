@@ -68,6 +68,9 @@ type fakeIPTables struct {
 	arp    bool // arptables: its own built-in chains, specs stored as given (see canonical)
 	tables map[string]*fakeTable
 	faults *faults
+	// restores counts Restore calls; restoreErr, when set, fails them.
+	restores   int
+	restoreErr error
 }
 
 func newFakeIPTables(legacy, v6 bool, f *faults) *fakeIPTables {
@@ -289,6 +292,10 @@ func (x *fakeIPTables) ClearAndDeleteChain(table, chain string) error {
 	if err := x.faults.hit("ClearAndDeleteChain"); err != nil {
 		return err
 	}
+	return x.clearAndDeleteLocked(table, chain)
+}
+
+func (x *fakeIPTables) clearAndDeleteLocked(table, chain string) error {
 	t := x.table(table)
 	if !t.has(chain) {
 		return nil // go-iptables checks ChainExists first
@@ -346,6 +353,10 @@ func (x *fakeIPTables) Delete(table, chain string, spec ...string) error {
 	if err := x.faults.hit("Delete"); err != nil {
 		return err
 	}
+	return x.deleteLocked(table, chain, spec)
+}
+
+func (x *fakeIPTables) deleteLocked(table, chain string, spec []string) error {
 	t := x.table(table)
 	if !t.has(chain) {
 		return notExist("iptables: No chain/target/match by that name.")
@@ -361,6 +372,69 @@ func (x *fakeIPTables) Delete(table, chain string, spec ...string) error {
 	t.rules[chain] = slices.Delete(t.rules[chain], i, i+1)
 	return nil
 }
+
+// Restore applies iptables-restore --noflush input of -D, -F and -X lines
+// (what teardown sends), each table's section as one transaction: on any
+// error that table is left as it was. The system hands out arptables fakes
+// without it, as the real arptables-restore has no --noflush.
+func (x *fakeIPTables) Restore(input string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.restores++
+	if err := x.faults.hit("Restore"); err != nil {
+		return err
+	}
+	if x.restoreErr != nil {
+		return x.restoreErr
+	}
+	var table string
+	var saved fakeTable
+	for _, l := range strings.Split(strings.TrimSpace(input), "\n") {
+		op, rest, _ := strings.Cut(l, " ")
+		chain, spec, _ := strings.Cut(rest, " ")
+		var err error
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+			t := x.table(table)
+			saved = fakeTable{chains: slices.Clone(t.chains), rules: map[string][]string{}}
+			for c, r := range t.rules {
+				saved.rules[c] = slices.Clone(r)
+			}
+		case l == "COMMIT":
+			table = ""
+		case table == "":
+			err = fmt.Errorf("line %q outside a table", l)
+		case op == "-D":
+			var args []string
+			if args, err = splitArgs(spec); err == nil {
+				err = x.deleteLocked(table, chain, args)
+			}
+		case op == "-F" && spec == "":
+			if !x.table(table).has(chain) {
+				err = notExist("chain %s does not exist", chain)
+			}
+			x.table(table).rules[chain] = nil
+		case op == "-X" && spec == "":
+			if !x.table(table).has(chain) {
+				err = notExist("chain %s does not exist", chain)
+			} else {
+				err = x.clearAndDeleteLocked(table, chain)
+			}
+		default:
+			err = fmt.Errorf("fake restore: unsupported line %q", l)
+		}
+		if err != nil {
+			if table != "" {
+				*x.table(table) = saved
+			}
+			return fmt.Errorf("restore: %w", err)
+		}
+	}
+	return nil
+}
+
+var _ restorer = (*fakeIPTables)(nil)
 
 func (x *fakeIPTables) DeleteById(table, chain string, id int) error {
 	x.mu.Lock()
@@ -819,7 +893,7 @@ func (h *fakeHost) system() system {
 		ipv6: func(string) error { return h.ipv6 },
 		arp: func(b string) (iptablesAPI, error) {
 			if x, ok := h.arp[b]; ok {
-				return x, nil
+				return struct{ iptablesAPI }{x}, nil // no Restore, as arptables has no --noflush
 			}
 			return nil, fmt.Errorf("finding arptables-%s: %w", b, errNoBackend)
 		},

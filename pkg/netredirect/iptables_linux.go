@@ -53,6 +53,24 @@ func (c iptablesCmd) ListTable(table string) ([]string, error) {
 	return strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n"), nil
 }
 
+// Restore feeds input to this binary's restore command (iptables-nft-
+// restore, ip6tables-legacy-restore, …) with --noflush.
+func (c iptablesCmd) Restore(input string) error {
+	args := []string{"--noflush"}
+	if c.legacy {
+		args = append(args, "--wait", fmt.Sprint(waitSeconds))
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(c.path+"-restore", args...)
+	cmd.Stdin, cmd.Stderr = strings.NewReader(input), &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s-restore: %w: %s", c.path, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+var _ restorer = iptablesCmd{}
+
 // TablePresent is always true for nft, whose listing creates nothing. The
 // kernel instantiates a legacy table the first time anything asks for it, so
 // for legacy only the tables in /proc/net/ip_tables_names (this namespace's)

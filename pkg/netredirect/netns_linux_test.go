@@ -615,6 +615,14 @@ func (x crashIPT) DeleteById(table, chain string, id int) error {
 	defer x.c.step()
 	return x.iptablesAPI.DeleteById(table, chain, id)
 }
+func (x crashIPT) Restore(input string) error {
+	r, ok := x.iptablesAPI.(restorer)
+	if !ok {
+		return errors.New("no restore command")
+	}
+	defer x.c.step()
+	return r.Restore(input)
+}
 func (x crashIPT) ListTable(table string) ([]string, error) {
 	defer x.c.step()
 	return x.iptablesAPI.ListTable(table)
@@ -891,6 +899,51 @@ func TestKernelRenderIsRestoreInput(t *testing.T) {
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Errorf("%s-%s-restore --test rejects Render's output: %v\n%s", cmdName, be, err, out)
 			}
+		}
+	}
+}
+
+// TestKernelRestoreRemoval: the real restore commands of both backends and
+// both families take what teardown sends (so it never falls back to a
+// command per deletion unnoticed), remove our chains and jumps in one go,
+// and leave other software's rules alone.
+func TestKernelRestoreRemoval(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	for _, be := range backends {
+		for _, v6 := range []bool{false, true} {
+			cmd := "iptables-" + be
+			if v6 {
+				cmd = "ip6tables-" + be
+			}
+			t.Run(cmd, func(t *testing.T) {
+				run(t, cmd, "-t", "nat", "-A", "OUTPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+				t.Cleanup(func() {
+					run(t, cmd, "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment", "canary value", "-j", "ACCEPT")
+				})
+				before := xtablesSave(t, strings.TrimSuffix(cmd, "-"+be), be)
+				run(t, cmd, "-t", "nat", "-N", natChain)
+				run(t, cmd, "-t", "nat", "-A", natChain, "-p", "tcp", "-m", "comment", "--comment", Comment, "-j", "RETURN")
+				run(t, cmd, "-t", "nat", "-I", "OUTPUT", "1", "-m", "comment", "--comment", Comment, "-j", natChain)
+				ipt, err := openIPTables(be, v6)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st, err := listTable(ipt, "nat")
+				if err != nil {
+					t.Fatal(err)
+				}
+				removed, ok := restoreRemoval(ipt, "nat", st)
+				if !ok {
+					t.Fatalf("%s-restore refused teardown's input", cmd)
+				}
+				if want := []string{"nat/OUTPUT jump", "nat/" + natChain + " chain"}; !slices.Equal(removed, want) {
+					t.Errorf("removed %q, want %q", removed, want)
+				}
+				if after := xtablesSave(t, strings.TrimSuffix(cmd, "-"+be), be); after != before {
+					t.Errorf("after the restore:\n%s\nwant:\n%s", after, before)
+				}
+			})
 		}
 	}
 }

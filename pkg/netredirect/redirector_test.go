@@ -3,6 +3,7 @@ package netredirect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -815,5 +816,34 @@ func TestContainersSetupTeardown(t *testing.T) {
 	}
 	if got := h.String(); strings.Contains(got, ChainPrefix) || strings.Contains(got, "fd00:ec2::254") || strings.Contains(got, "imds0") {
 		t.Errorf("after Teardown:\n%s", got)
+	}
+}
+
+// Teardown removes each table's rules and chains of ours with one restore
+// transaction (a command per deletion made a stop take a third of a
+// second); when the restore fails, a command per change still removes all
+// of it. Other software's rules stay either way.
+func TestTeardownOneRestorePerTable(t *testing.T) {
+	for _, restoreFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restore fails %v", restoreFails), func(t *testing.T) {
+			h := withCanaries(newFakeHost(false, BackendNFT))
+			before := h.String()
+			r := newTestRedirector(t, h, Config{Backend: BackendNFT}, nil)
+			if err := r.Setup(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			v4, v6 := h.ipt[BackendNFT], h.ipt6[BackendNFT]
+			if restoreFails {
+				v4.restoreErr = errors.New("iptables-restore: line 2 failed")
+				v6.restoreErr = v4.restoreErr
+			}
+			if err := r.Teardown(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			diffState(t, "after Teardown", before, h.String())
+			if got := [2]int{v4.restores, v6.restores}; got != [2]int{2, 2} {
+				t.Errorf("restores (IPv4, IPv6) = %v, want one per table of each: [2 2]", got)
+			}
+		})
 	}
 }
