@@ -403,7 +403,8 @@ func TestHealthzImpostor(t *testing.T) {
 // until SIGTERM.
 const squatterScript = `
 import signal, socket, sys
-s = socket.socket(); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
 print("HOLDING", flush=True)
 signal.sigwait({signal.SIGTERM})
 `
@@ -419,6 +420,7 @@ func TestMetricsPortSquatted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Skipf("setpriv and python3 for the unprivileged squatter: %v", err)
 	}
