@@ -240,17 +240,25 @@ func handlerSource(c *config.Config, creds daemon.CredentialEngine) imds.Credent
 }
 
 // perCaller implements imds.Roles: the request's caller, identified once
-// per connection, gets the role the Set's policy gives it.
+// per connection, gets the role the Set's policy gives it, looked up once
+// per connection and Set (a reload that changes the roles builds a new
+// Set).
 type perCaller struct{ set *credentials.Set }
 
 func (p perCaller) Current() (credentials.Credentials, error) { return p.set.Current() }
 
 func (p perCaller) RoleFor(r *http.Request) (string, imds.CredentialSource, bool) {
-	arn, src, ok := p.set.For(callerOf(r.Context()))
-	if !ok {
+	id := identifiedOf(r.Context())
+	rl := id.role.Load()
+	if rl == nil || rl.set != p.set {
+		arn, src, ok := p.set.For(id.caller)
+		rl = &callerRole{set: p.set, arn: arn, src: src, ok: ok}
+		id.role.Store(rl)
+	}
+	if !rl.ok {
 		return "", nil, false
 	}
-	return arn, src, true
+	return rl.arn, rl.src, true
 }
 
 // lazyCaller is the context key of a connection's identification.
@@ -263,31 +271,42 @@ type lazyCaller struct{}
 // goroutine, on the first request that needs it (a token, a role).
 func identifyLazily(id *callers.Identifier) func(context.Context, net.Conn) context.Context {
 	return func(ctx context.Context, c net.Conn) context.Context {
-		return context.WithValue(ctx, lazyCaller{}, sync.OnceValue(func() identified {
+		return context.WithValue(ctx, lazyCaller{}, sync.OnceValue(func() *identified {
 			caller := id.Identify(c)
-			return identified{caller, caller.Key()}
+			return &identified{caller: caller, key: caller.Key()}
 		}))
 	}
 }
 
-// identified is a connection's caller and its key, computed once.
+// identified is a connection's caller and its key, computed once, and the
+// role it got from the Set that served its last request.
 type identified struct {
 	caller callers.Caller
 	key    string
+	role   atomic.Pointer[callerRole]
 }
 
-var notIdentified = identified{callers.Caller{Reason: "not identified"}, callers.Caller{}.Key()}
+// callerRole is what a Set's For gave a caller.
+type callerRole struct {
+	set *credentials.Set
+	arn string
+	src *credentials.Source
+	ok  bool
+}
 
-func identifiedOf(ctx context.Context) identified {
-	if f, ok := ctx.Value(lazyCaller{}).(func() identified); ok {
+// notIdentified stands for every request without a connection identity;
+// they all are the same caller, so they may share what For gave it.
+var notIdentified = &identified{caller: callers.Caller{Reason: "not identified"}, key: callers.Caller{}.Key()}
+
+// identifiedOf returns the identity of a request's connection; an
+// unidentified caller when the connection was not identified (never
+// someone else).
+func identifiedOf(ctx context.Context) *identified {
+	if f, ok := ctx.Value(lazyCaller{}).(func() *identified); ok {
 		return f()
 	}
 	return notIdentified
 }
-
-// callerOf returns the caller of a request's connection; Unidentified when
-// the connection was not identified (never someone else).
-func callerOf(ctx context.Context) callers.Caller { return identifiedOf(ctx).caller }
 
 // tokenBinding binds IMDSv2 tokens to the caller's identity (its uid and
 // unit, or a container's address), roles or not: a token that leaks to

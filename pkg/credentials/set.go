@@ -370,18 +370,27 @@ func (s *Set) Failing() []string {
 }
 
 // Source is one caller's view of its credential set; its Current records
-// the audit line when a set is first served to that caller.
+// the audit line when a set is first served to that caller. It stays valid
+// for as long as its Set serves, so a caller's connection can keep it
+// (see For).
 type Source struct {
 	m      *member
-	src    interface{ Current() (Credentials, error) }
 	caller callers.Caller
+	key    string // caller.Key()
 }
 
-// Current returns the caller's credentials.
+// Current returns the caller's credentials: its role's, or for a
+// per-caller role its own session's (started again if it was evicted).
 func (c *Source) Current() (Credentials, error) {
-	cr, err := c.src.Current()
+	var cr Credentials
+	var err error
+	if c.m.ref != nil {
+		cr, err = c.m.ref.Current()
+	} else {
+		cr, err = c.m.session(c.caller, c.key).Current()
+	}
 	if err == nil {
-		c.m.served1(c.caller, cr)
+		c.m.served1(c.caller, c.key, cr)
 	}
 	return cr, err
 }
@@ -389,6 +398,8 @@ func (c *Source) Current() (Credentials, error) {
 // For returns the role c gets and the source of its credentials: the
 // Policy's entry (no Policy: the top-level role), or ok false when c gets
 // no role. A per-caller role starts c's own session here if it has none.
+// The answer holds for c as long as this Set serves: the Policy is part of
+// the Set.
 func (s *Set) For(c callers.Caller) (arn string, src *Source, ok bool) {
 	key := "role_arn"
 	if s.policy != nil {
@@ -402,10 +413,11 @@ func (s *Set) For(c callers.Caller) (arn string, src *Source, ok bool) {
 	if m == nil {
 		return "", nil, false
 	}
-	if m.ref != nil {
-		return m.arnText, &Source{m: m, src: m.ref, caller: c}, true
+	src = &Source{m: m, caller: c, key: c.Key()}
+	if m.ref == nil {
+		m.session(c, src.key)
 	}
-	return m.arnText, &Source{m: m, src: m.session(c), caller: c}, true
+	return m.arnText, src, true
 }
 
 // ARNs lists the role ARNs of the set, each once, in file order.
@@ -421,9 +433,9 @@ func (s *Set) ARNs() []string {
 	return out
 }
 
-// served1 writes the audit line the first time c is served a set.
-func (m *member) served1(c callers.Caller, cr Credentials) {
-	k := c.Key()
+// served1 writes the audit line the first time c (whose Key is k) is
+// served a set.
+func (m *member) served1(c callers.Caller, k string, cr Credentials) {
 	m.amu.RLock()
 	prev, ok := m.audited[k]
 	m.amu.RUnlock()
@@ -559,10 +571,9 @@ func (s *session) Current() (Credentials, error) {
 }
 
 // session returns c's session, starting it (and evicting the least
-// recently used one beyond the bound) when c has none.
-func (m *member) session(c callers.Caller) *session {
+// recently used one beyond the bound) when c (whose Key is key) has none.
+func (m *member) session(c callers.Caller, key string) *session {
 	ss := m.sessions
-	key := c.Key()
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if e, ok := ss.byKey[key]; ok {

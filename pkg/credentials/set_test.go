@@ -323,6 +323,42 @@ func TestSetPerCallerSessions(t *testing.T) {
 	}
 }
 
+// A Source stays valid while its Set serves, as a caller's connection keeps
+// it: when the caller's session has been evicted meanwhile, the next
+// Current starts it again, with that caller's source identity.
+func TestSetSourceOutlivesEviction(t *testing.T) {
+	h := newSetHarness(t)
+	pol := policy(t, "", callers.Entry{Role: "roles[0]", Users: []string{"0", "65534"}})
+	r := role("roles[0]", webRole)
+	r.PerCaller, r.MaxCallers = true, 1
+	s := h.newSet(t, []Role{r}, pol, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	_, rootSrc, ok := s.For(root)
+	if !ok {
+		t.Fatal("root gets no role")
+	}
+	if _, err := rootSrc.Current(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := roleOf(s, nobody); !ok { // evicts root's session (at most 1)
+		t.Fatal("nobody gets no credentials")
+	}
+	if _, err := rootSrc.Current(); err != nil {
+		t.Fatalf("root's kept Source after its session was evicted: %v", err)
+	}
+	st := s.Snapshot().Roles[0]
+	if st.Sessions != 1 || st.Session["root"].RoleARN == "" {
+		t.Errorf("sessions = %d %v, want root's, started again", st.Sessions, st.Session)
+	}
+	if calls := h.fake(webRole).log(); strings.Count(calls, "source_identity=root") != 2 {
+		t.Errorf("root's session was not started again:\n%s", calls)
+	}
+}
+
 func TestSetAuditsOncePerCallerAndSet(t *testing.T) {
 	h := newSetHarness(t)
 	audit := &syncbuf.Buffer{}

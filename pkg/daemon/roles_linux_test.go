@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -251,6 +252,42 @@ roles:
 	out, _ = exec.Command(binary(t), "status", "--socket", filepath.Join(e.dir, "run", "control.sock")).CombinedOutput()
 	if !strings.Contains(string(out), "sessions:  1 of at most 4") {
 		t.Errorf("the per-caller session did not survive the reload:\n%s", out)
+	}
+
+	// A connection kept open across a reload that gives its caller
+	// another role sees the new role: the role a connection got is kept
+	// only for as long as the roles stay the same.
+	kept, err := net.Dial("tcp", "169.254.169.254:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	br := bufio.NewReader(kept)
+	listing := func() string {
+		t.Helper()
+		if _, err := io.WriteString(kept, "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(b)
+	}
+	if got := listing(); got != "rootrole" {
+		t.Fatalf("root's listing on the kept connection = %q, want rootrole", got)
+	}
+	body = strings.Replace(body, "roles:\n", "roles:\n  - role_arn: "+role("rootnew")+"\n    users: [root]\n", 1)
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	e.waitNote("RELOADING=1", d)
+	e.waitNote("READY=1", d)
+	if got := listing(); got != "rootnew" {
+		t.Errorf("root's listing on the same connection after the reload = %q, want rootnew", got)
 	}
 }
 
