@@ -153,32 +153,28 @@ func removeOwned(ipt iptablesAPI, table string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if removed, ok := restoreRemoval(ipt, table, st); ok {
-		return removed, nil
+	rm := ownedIn(st)
+	if rm.empty() {
+		return nil, nil
 	}
+	if r, ok := ipt.(restorer); ok && r.Restore(rm.restoreInput(table)) == nil {
+		return rm.names(table), nil
+	}
+	// No restore command, or the transaction failed (it then changed
+	// nothing): one command at a time, which tolerates rules that went
+	// away meanwhile.
 	var (
 		removed []string
 		errs    []error
 	)
-	for _, chain := range st.chains {
-		if owned(chain) {
+	for _, j := range rm.jumps {
+		if err := deleteSpec(ipt, table, j.chain, j.spec); err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		for _, spec := range st.rules[chain] {
-			if !owned(jumpTarget(spec)) {
-				continue
-			}
-			if err := deleteSpec(ipt, table, chain, spec); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			removed = append(removed, table+"/"+chain+" jump")
-		}
+		removed = append(removed, table+"/"+j.chain+" jump")
 	}
-	for _, chain := range st.chains {
-		if !owned(chain) {
-			continue
-		}
+	for _, chain := range rm.chains {
 		if err := deleteChain(ipt, table, chain); err != nil {
 			errs = append(errs, err)
 			continue
@@ -188,57 +184,69 @@ func removeOwned(ipt iptablesAPI, table string) ([]string, error) {
 	return removed, errors.Join(errs...)
 }
 
-// restorer is an iptablesAPI that applies iptables-restore input without
-// flushing the tables it names: the changes to one table in one
-// transaction. Teardown deletes with it, since every deleting command
-// waits for the kernel to let go of the old rules, and one command per
-// change made a stop take a third of a second. arptables-restore cannot
-// leave the rest of a table alone, so arptables is not a restorer.
-type restorer interface {
-	Restore(input string) error
+// removal is what of ours a table holds: the rules of other chains that
+// jump to an owned chain, and the owned chains.
+type removal struct {
+	jumps  []struct{ chain, spec string }
+	chains []string
 }
 
-// restoreRemoval removes what removeOwned would, from st as listed, in one
-// restore transaction. ok is false when ipt cannot restore or the
-// transaction failed (it then changed nothing): the caller goes on one
-// command at a time, which tolerates rules that went away meanwhile.
-func restoreRemoval(ipt iptablesAPI, table string, st tableState) (removed []string, ok bool) {
-	r, can := ipt.(restorer)
-	if !can {
-		return nil, false
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%s\n", table)
+func ownedIn(st tableState) removal {
+	var rm removal
 	for _, chain := range st.chains {
 		if owned(chain) {
+			rm.chains = append(rm.chains, chain)
 			continue
 		}
 		for _, spec := range st.rules[chain] {
 			if owned(jumpTarget(spec)) {
-				fmt.Fprintf(&b, "-D %s %s\n", chain, spec)
-				removed = append(removed, table+"/"+chain+" jump")
+				rm.jumps = append(rm.jumps, struct{ chain, spec string }{chain, spec})
 			}
 		}
 	}
-	var chains []string
-	for _, chain := range st.chains {
-		if owned(chain) {
-			fmt.Fprintf(&b, "-F %s\n", chain) // all flushed before any is deleted
-			chains = append(chains, chain)
-		}
+	return rm
+}
+
+func (rm removal) empty() bool { return len(rm.jumps)+len(rm.chains) == 0 }
+
+// names says what rm removes, as removeOwned reports it.
+func (rm removal) names(table string) []string {
+	var out []string
+	for _, j := range rm.jumps {
+		out = append(out, table+"/"+j.chain+" jump")
 	}
-	for _, chain := range chains {
-		fmt.Fprintf(&b, "-X %s\n", chain)
-		removed = append(removed, table+"/"+chain+" chain")
+	for _, c := range rm.chains {
+		out = append(out, table+"/"+c+" chain")
 	}
-	if len(removed) == 0 {
-		return nil, true
+	return out
+}
+
+// restoreInput is rm as one iptables-restore transaction: the jumps
+// deleted, every owned chain flushed before any is deleted.
+func (rm removal) restoreInput(table string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%s\n", table)
+	for _, j := range rm.jumps {
+		fmt.Fprintf(&b, "-D %s %s\n", j.chain, j.spec)
+	}
+	for _, c := range rm.chains {
+		fmt.Fprintf(&b, "-F %s\n", c)
+	}
+	for _, c := range rm.chains {
+		fmt.Fprintf(&b, "-X %s\n", c)
 	}
 	b.WriteString("COMMIT\n")
-	if err := r.Restore(b.String()); err != nil {
-		return nil, false
-	}
-	return removed, true
+	return b.String()
+}
+
+// restorer is an iptablesAPI that applies iptables-restore input without
+// flushing the tables it names: the changes to one table in one
+// transaction. Removal uses it, since every deleting command waits for the
+// kernel to let go of the old rules, and one command per change made a stop
+// take a third of a second. arptables-restore cannot leave the rest of a
+// table alone, so arptables is not a restorer.
+type restorer interface {
+	Restore(input string) error
 }
 
 // detectTables are the tables whose contents show which backend other

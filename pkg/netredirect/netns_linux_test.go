@@ -933,11 +933,11 @@ func TestKernelRestoreRemoval(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				removed, ok := restoreRemoval(ipt, "nat", st)
-				if !ok {
-					t.Fatalf("%s-restore refused teardown's input", cmd)
+				rm := ownedIn(st)
+				if err := ipt.(restorer).Restore(rm.restoreInput("nat")); err != nil {
+					t.Fatalf("%s-restore refused teardown's input: %v", cmd, err)
 				}
-				if want := []string{"nat/OUTPUT jump", "nat/" + natChain + " chain"}; !slices.Equal(removed, want) {
+				if removed, want := rm.names("nat"), []string{"nat/OUTPUT jump", "nat/" + natChain + " chain"}; !slices.Equal(removed, want) {
 					t.Errorf("removed %q, want %q", removed, want)
 				}
 				if after := xtablesSave(t, strings.TrimSuffix(cmd, "-"+be), be); after != before {
