@@ -3,14 +3,18 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-iptables/iptables"
 )
 
 // daemonEnv is what every imds-shim start in one run shares.
@@ -226,3 +230,37 @@ var (
 	latencyRE  = regexp.MustCompile(` latency=(\S+)`)
 	durationRE = regexp.MustCompile(` duration=(\S+)`)
 )
+
+// The addresses at which the harness's own DNAT (see dnat) reaches the
+// ceiling and the floor: loopback addresses, port 80, as 169.254.169.254:80
+// reaches the daemon.
+const (
+	natCeiling = "127.0.0.2"
+	natFloor   = "127.0.0.3"
+)
+
+// dnat sends TCP port 80 of each address in to its server's address, with
+// a nat OUTPUT DNAT rule like the daemon's, so that the ceiling and the floor
+// pay for the kernel's NAT on every packet as the daemon's clients do. It
+// returns a function that removes the rules.
+func dnat(to map[string]string) (func(), error) {
+	ipt, err := iptables.New()
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	var added [][]string
+	undo := func() {
+		for _, r := range added {
+			_ = ipt.Delete("nat", "OUTPUT", r...)
+		}
+	}
+	for _, from := range slices.Sorted(maps.Keys(to)) {
+		r := []string{"-d", from + "/32", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", to[from]}
+		if err := ipt.Append("nat", "OUTPUT", r...); err != nil {
+			undo()
+			return nil, fmt.Errorf("adding the bench's DNAT for %s: %w", from, err)
+		}
+		added = append(added, r)
+	}
+	return undo, nil
+}

@@ -32,6 +32,8 @@ const (
 	targetCred     = "diagnostic: imds-shim credentials GET direct to 169.254.169.254:254 (no DNAT)"
 	targetNetHTTP  = "diagnostic: imds.Server handler in a bare net/http.Server"
 	targetBare     = "diagnostic: imds.Server handler in the daemon's net/http.Server (with its limits), without the daemon"
+	targetCeilNAT  = "diagnostic: the ceiling via a DNAT"
+	targetFloor    = "diagnostic: floor via a DNAT: net/http.Server with the daemon's limits and response headers, no imds-shim code"
 )
 
 // endpoint is the address clients use; the DNAT sends port 80 to listen,
@@ -221,6 +223,18 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	// The floor (ceilingMain) and the ceiling itself again, each behind a
+	// DNAT of the harness's own like the daemon's: what the standard
+	// library and the kernel's NAT cost, with no imds-shim code at all.
+	floorProc, floorAddr, err := ps.startAnnounced(self, "floor", "ceiling", "-floor", "-size", fmt.Sprint(len(doc)))
+	if err != nil {
+		return err
+	}
+	undo, err := dnat(map[string]string{natCeiling: ceilAddr, natFloor: floorAddr})
+	if err != nil {
+		return err
+	}
+	defer undo()
 	stdToken, _, err := fetchDoc(stdAddr, benchRole)
 	if err != nil {
 		return err
@@ -237,6 +251,8 @@ func runMain(args []string) error {
 			env: []string{"IMDS_TOKEN=" + stdToken}, pid: stdProc.cmd.Process.Pid},
 		{name: targetBare, url: "http://" + bareAddr + credPath,
 			env: []string{"IMDS_TOKEN=" + bareToken}, pid: bareProc.cmd.Process.Pid},
+		{name: targetCeilNAT, url: "http://" + natCeiling + credPath, env: []string{tok}, pid: ceilProc.cmd.Process.Pid},
+		{name: targetFloor, url: "http://" + natFloor + credPath, env: []string{tok}, pid: floorProc.cmd.Process.Pid},
 		{name: targetRedirect, url: "http://" + endpoint + credPath, env: []string{tok}, pid: pid},
 		{name: targetPut, url: "http://" + endpoint + "/latest/api/token", env: []string{"IMDS_MODE=put"}, pid: pid},
 		{name: targetCred, url: "http://" + listen + credPath, env: []string{tok}, pid: pid},
