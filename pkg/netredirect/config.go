@@ -105,7 +105,8 @@ type Config struct {
 	Target netip.AddrPort
 	// Backend is "auto", "nft" or "legacy".
 	Backend string
-	// ReconcileInterval is how often Run re-checks everything; 10 s by default.
+	// ReconcileInterval is how often Run re-checks everything, besides on
+	// address removals and (nft backend) ruleset changes; 10 s by default.
 	ReconcileInterval time.Duration
 	// Containers names the bridges whose traffic to Addr:Port (and to
 	// [fd00:ec2::254]:Port) is redirected too, in nat PREROUTING. A bridge

@@ -131,8 +131,13 @@
 //
 // Run repairs what others remove (firewalld reloads, `iptables -F`,
 // systemd-networkd dropping foreign addresses): it reacts to address removals
-// (IPv4 and IPv6) through a netlink subscription and re-checks everything every
-// Config.ReconcileInterval, converging the owned chains to exactly the planned
+// (IPv4 and IPv6) through a netlink subscription, to nf_tables ruleset
+// changes (the nft backend; every transaction commits a new generation,
+// which the kernel announces to the NFNLGRP_NFTABLES group: a plain netlink
+// socket from vishvananda/netlink's nl package, read only as far as the
+// message type, so no nftables library is needed), acting 0.1 s after a
+// change and at most once a second, and re-checks everything every
+// Config.ReconcileInterval (all the legacy backend has), converging the owned chains to exactly the planned
 // rules and the link to exactly the planned address (a labelled address left
 // from an earlier Addr is removed). Each repair is logged and reported to the Observer. Setup does not
 // fight other programs over rule order: the jump is inserted first, but a rule

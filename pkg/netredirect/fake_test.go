@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -858,6 +859,11 @@ type fakeHost struct {
 	ipv6        error                    // why IPv6 is unusable; nil: usable
 	alternative string
 	tick        chan time.Time
+	// ruleChanges, when not nil, is the host's nf_tables change events:
+	// true is a committed change, false ends the subscription as a failed
+	// receive does. nftSubscribed counts subscriptions.
+	ruleChanges   chan bool
+	nftSubscribed atomic.Int32
 }
 
 func newFakeHost(dummy bool, backends ...string) *fakeHost {
@@ -897,7 +903,36 @@ func (h *fakeHost) system() system {
 			}
 			return nil, fmt.Errorf("finding arptables-%s: %w", b, errNoBackend)
 		},
-		ticker: func(time.Duration) (<-chan time.Time, func()) { return h.tick, func() {} },
+		ticker:    func(time.Duration) (<-chan time.Time, func()) { return h.tick, func() {} },
+		nftEvents: h.nftEvents(),
+	}
+}
+
+func (h *fakeHost) nftEvents() func(chan<- struct{}, <-chan struct{}, func(error)) error {
+	if h.ruleChanges == nil {
+		return nil
+	}
+	return func(ch chan<- struct{}, done <-chan struct{}, onError func(error)) error {
+		h.nftSubscribed.Add(1)
+		go func() {
+			defer close(ch)
+			for {
+				select {
+				case <-done:
+					return
+				case ok := <-h.ruleChanges:
+					select {
+					case ch <- struct{}{}:
+					default:
+					}
+					if !ok {
+						onError(errors.New("fake receive failed"))
+						return
+					}
+				}
+			}
+		}()
+		return nil
 	}
 }
 

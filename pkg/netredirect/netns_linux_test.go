@@ -569,6 +569,62 @@ func TestKernelSteadyStateAndSelfHealing(t *testing.T) {
 	}
 }
 
+// TestKernelRepairsOnRuleChange: with the nft backend, rules that others
+// remove are repaired on the kernel's change event, with no reconcile tick:
+// a flushed chain, then both families' tables replaced as by a firewall
+// reload.
+func TestKernelRepairsOnRuleChange(t *testing.T) {
+	nstest.RequireRootNetns(t)
+	cleanHost(t)
+	before := hostState(t)
+	obs := timedObserver{ch: make(chan string, 100)}
+	cfg := Config{Link: LinkLo, Backend: BackendNFT, Target: netip.MustParseAddrPort("127.0.0.1:8254")}
+	r, _ := tickedRedirector(t, cfg, obs) // no tick is ever sent
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	installed := hostState(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	runDone := make(chan error, 1)
+	go func() { runDone <- r.Run(ctx) }()
+	check := func(what string) {
+		t.Helper()
+		if d := installed.Diff(hostState(t)); d != "" {
+			t.Errorf("%s (-installed +now):\n%s", what, d)
+		}
+	}
+	// The first flush may come before Run has subscribed, and be repaired
+	// by the check Run makes then; every later one only by a change event.
+	for i := range 2 {
+		run(t, "iptables-nft", "-t", "nat", "-F", "OUTPUT")
+		d := waitFor(t, obs, 10*time.Second, "nat/OUTPUT jump")
+		t.Logf("flush %d of nat OUTPUT repaired after %v", i+1, d)
+		check("after a flushed nat OUTPUT was repaired")
+	}
+
+	// A firewall reload: both families' nat and filter tables replaced by
+	// a saved configuration that does not have our rules.
+	for _, cmd := range []string{"iptables-nft-restore", "ip6tables-nft-restore"} {
+		restore := exec.Command(cmd)
+		restore.Stdin = strings.NewReader("*nat\nCOMMIT\n*filter\nCOMMIT\n")
+		if out, err := restore.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+	}
+	d := waitFor(t, obs, 10*time.Second, "nat/OUTPUT jump", "nat/"+natChain+" chain", "filter/INPUT jump", "ip6 nat/OUTPUT jump")
+	t.Logf("reloaded tables repaired after %v", d)
+	check("after a reload was repaired")
+
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := r.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sameHost(t, "after Teardown", before)
+}
+
 const helperEnv = "IMDS_SHIM_NETREDIRECT_HELPER"
 
 // crashCounter SIGKILLs the process group right after the n-th change or

@@ -42,6 +42,9 @@ type system struct {
 	ipv6     func(link string) error                            // nil when IPv6 can carry the endpoint on link
 	arp      func(backend string) (iptablesAPI, error)          // arptables; wraps errNoBackend when not installed
 	ticker   func(time.Duration) (<-chan time.Time, func())
+	// nftEvents, when not nil, reports nf_tables ruleset changes (see
+	// subscribeNFT).
+	nftEvents func(ch chan<- struct{}, done <-chan struct{}, onError func(error)) error
 }
 
 func hostSystem() system {
@@ -73,6 +76,7 @@ func hostSystem() system {
 			t := time.NewTicker(d)
 			return t.C, t.Stop
 		},
+		nftEvents: subscribeNFT,
 	}
 }
 
@@ -513,13 +517,21 @@ func (r *Redirector) Teardown(ctx context.Context) error {
 
 // Run keeps the redirect in place until ctx is done, then returns nil: it
 // re-runs the convergence of Setup when the address is removed (netlink
-// subscription) and every ReconcileInterval (rules have no change events),
-// logging each repair and reporting it to the Observer. A failed repair is
-// logged and retried on the next tick. Run requires a successful Setup and
-// stops repairing once Teardown has run.
+// address subscription), when an nf_tables ruleset changes (with the nft
+// backend: a firewalld reload, an `iptables-nft -F`, `nft flush ruleset`),
+// and every ReconcileInterval (which is all the legacy backend has: its
+// rules have no change events), logging each repair and reporting it to the
+// Observer. A failed repair is logged and retried on the next tick. Run
+// requires a successful Setup and stops repairing once Teardown has run.
+//
+// A ruleset change is acted on ruleSettle after it, so that the burst of
+// transactions of one reload is one check, and at most once per ruleGap,
+// so that a host whose rules change all the time (kube-proxy, Docker) does
+// not keep the daemon running iptables; our own repairs are changes too, and
+// the check they cause finds nothing to do.
 func (r *Redirector) Run(ctx context.Context) error {
 	r.mu.Lock()
-	active := r.active
+	active, watchRules := r.active, r.sys.nftEvents != nil && (r.backend == BackendNFT || r.arpBE == BackendNFT)
 	r.mu.Unlock()
 	if !active {
 		return errors.New("running redirect: Setup has not succeeded")
@@ -528,9 +540,22 @@ func (r *Redirector) Run(ctx context.Context) error {
 	defer stop()
 	var sub *subscription
 	defer func() { sub.close() }()
+	var rules *ruleWatch
+	defer func() { rules.close() }()
+	retryRules := watchRules
+	var settle <-chan time.Time // a ruleset change waiting to be checked
+	var lastRules time.Time     // the last check a ruleset change caused
 	for {
+		subscribed := false
 		if sub == nil {
 			sub = r.subscribe()
+			subscribed = true
+		}
+		if retryRules && rules == nil {
+			rules = r.watchRules()
+			retryRules, subscribed = false, true
+		}
+		if subscribed {
 			// Anything removed while unsubscribed is caught here.
 			r.reconcile(ctx, "subscribed")
 		}
@@ -538,10 +563,15 @@ func (r *Redirector) Run(ctx context.Context) error {
 		if sub != nil {
 			events = sub.ch
 		}
+		var changed <-chan struct{}
+		if rules != nil {
+			changed = rules.ch
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick:
+			retryRules = watchRules
 			r.reconcile(ctx, "periodic")
 		case u, ok := <-events:
 			if !ok {
@@ -553,7 +583,55 @@ func (r *Redirector) Run(ctx context.Context) error {
 			if !u.NewAddr && (u.LinkAddress.IP.Equal(r.cfg.Addr.AsSlice()) || u.LinkAddress.IP.Equal(addr6.AsSlice())) {
 				r.reconcile(ctx, "address removed")
 			}
+		case _, ok := <-changed:
+			if !ok {
+				r.log.Warn("rule change subscription ended; relying on periodic checks until it is renewed")
+				rules.close()
+				rules, retryRules = nil, false  // until the next tick
+				settle = time.After(ruleSettle) // changes may have been missed
+				continue
+			}
+			if settle == nil {
+				settle = time.After(max(ruleSettle, time.Until(lastRules.Add(ruleGap))))
+			}
+		case <-settle:
+			settle, lastRules = nil, time.Now()
+			r.reconcile(ctx, "rules changed")
 		}
+	}
+}
+
+// How soon after a ruleset change Run checks, and how often at most.
+const (
+	ruleSettle = 100 * time.Millisecond
+	ruleGap    = time.Second
+)
+
+// ruleWatch is a live nf_tables change subscription.
+type ruleWatch struct {
+	ch   chan struct{}
+	done chan struct{}
+}
+
+func (r *Redirector) watchRules() *ruleWatch {
+	w := &ruleWatch{ch: make(chan struct{}, 1), done: make(chan struct{})}
+	err := r.sys.nftEvents(w.ch, w.done, func(err error) {
+		r.log.Warn("rule change subscription", "err", err)
+	})
+	if err != nil {
+		r.log.Warn("subscribing to nftables rule changes; relying on periodic checks", "err", err)
+		return nil
+	}
+	return w
+}
+
+// close stops the subscription and drains it until its reader has exited.
+func (w *ruleWatch) close() {
+	if w == nil {
+		return
+	}
+	close(w.done)
+	for range w.ch {
 	}
 }
 

@@ -847,3 +847,92 @@ func TestTeardownOneRestorePerTable(t *testing.T) {
 		})
 	}
 }
+
+// With the nft backend, Run repairs on a ruleset change at once, with no
+// tick; when the change subscription fails it checks once (changes may have
+// been missed) and subscribes again on the next tick.
+func TestRunRepairsOnRuleChange(t *testing.T) {
+	h := newFakeHost(true, BackendNFT)
+	h.ruleChanges = make(chan bool)
+	obs := recorder{ch: make(chan string, 100)}
+	r := newTestRedirector(t, h, Config{}, obs)
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := h.String()
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.Run(ctx) })
+
+	// Repaired by the check Run makes on subscribing or by the change.
+	h.ipt[BackendNFT].flush("nat", "OUTPUT")
+	change(t, h, true)
+	waitRepairs(t, obs, "nat/OUTPUT jump")
+	diffState(t, "after the change event", want, h.String())
+
+	// From here on only changes trigger checks (no tick is sent): a
+	// burst of them; then our own repair's commit, whose check finds
+	// nothing to do.
+	h.ipt6[BackendNFT].flush("nat", "OUTPUT")
+	for range 3 {
+		change(t, h, true)
+	}
+	waitRepairs(t, obs, "ip6 nat/OUTPUT jump")
+	change(t, h, true) // the repair's own commit
+
+	// The subscription fails after a change it did not report.
+	h.ipt[BackendNFT].flush("nat", "OUTPUT")
+	change(t, h, false)
+	waitRepairs(t, obs, "nat/OUTPUT jump")
+	if n := h.nftSubscribed.Load(); n != 1 {
+		t.Errorf("%d subscriptions before the next tick, want 1", n)
+	}
+	h.tick <- time.Now()
+	h.tick <- time.Now() // returns once the first tick's loop, which subscribes, is done
+	if n := h.nftSubscribed.Load(); n != 2 {
+		t.Errorf("%d subscriptions after a tick, want 2", n)
+	}
+	h.ipt[BackendNFT].flush("nat", "OUTPUT")
+	change(t, h, true)
+	waitRepairs(t, obs, "nat/OUTPUT jump")
+	select {
+	case w := <-obs.ch:
+		t.Errorf("repaired %q more than once", w)
+	default:
+	}
+	diffState(t, "after the repairs", want, h.String())
+	cancel()
+	wg.Wait()
+}
+
+// change sends a ruleset change event (ok) or a failed receive (!ok) to
+// Run's subscription.
+func change(t *testing.T, h *fakeHost, ok bool) {
+	t.Helper()
+	select {
+	case h.ruleChanges <- ok:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run is not subscribed to ruleset changes")
+	}
+}
+
+// The legacy backend has no change events: Run does not subscribe.
+func TestRunLegacyHasNoRuleEvents(t *testing.T) {
+	h := newFakeHost(true, BackendLegacy)
+	h.alternative = BackendLegacy
+	h.ruleChanges = make(chan bool)
+	r := newTestRedirector(t, h, Config{}, recorder{ch: make(chan string, 100)})
+	if err := r.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.Run(ctx) })
+	h.tick <- time.Now()
+	h.tick <- time.Now()
+	cancel()
+	wg.Wait()
+	if n := h.nftSubscribed.Load(); n != 0 {
+		t.Errorf("subscribed to nftables changes %d times with the legacy backend", n)
+	}
+}

@@ -217,7 +217,7 @@ func (c Config) Render() string {
 		fmt.Fprintf(&b, "# backend:  iptables-%s\n", c.Backend)
 	}
 	fmt.Fprintf(&b, "# arp:      requests for %s are dropped on every link (arptables, where installed)\n", c.Addr)
-	fmt.Fprintf(&b, "# repaired: on address removal and every %s\n", c.ReconcileInterval)
+	fmt.Fprintf(&b, "# repaired: on address removal, on ruleset changes (nft backend), and every %s\n", c.ReconcileInterval)
 	all := Plan(c)
 	for _, v6 := range []bool{false, true} {
 		rules := rulesOf(all, v6)

@@ -396,6 +396,26 @@ out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
 expect_eq "credentials served after the restart" e2e-second "$(printf '%s' "$out" | role_of)"
 step "kill -9 -> restart"
 
+# ------------------------------------------------------- firewall reload
+# A reload that replaces the tables (firewalld, or iptables-restore of a
+# saved configuration) drops the daemon's rules. With the nft backend the
+# daemon repairs them on the kernel's change event; the journal names the
+# trigger, so this does not depend on when the periodic check would come.
+cursor=$(g journalctl -u imds-shim.service -n 1 --show-cursor --no-pager -o cat | sed -n 's/^-- cursor: //p')
+gsh 'printf "*nat\nCOMMIT\n*filter\nCOMMIT\n" | iptables-nft-restore' || fail "iptables-nft-restore in the guest"
+trigger=
+for _ in $(seq 1 100); do
+	trigger=$(g journalctl -u imds-shim.service --after-cursor "$cursor" --no-pager -o cat | sed -n 's/.*msg=repaired .*trigger=//p' | tr -d '"' | head -n 1)
+	[ -n "$trigger" ] && break
+	sleep 0.1
+done
+expect_eq "a firewall reload is repaired on the ruleset change event" "rules changed" "$trigger"
+guest_net "$WORK/net.reloaded"
+expect_same "after the firewall reload was repaired: every rule back, once" "$WORK/net.running" "$WORK/net.reloaded"
+out=$(g env AWS_ENDPOINT_URL_STS="$STS" /xfer/goclient 2>&1 || true)
+expect_eq "credentials served after the firewall reload" e2e-second "$(printf '%s' "$out" | role_of)"
+step "firewall reload -> repaired on the change event"
+
 # ------------------------------------------- per-service and container roles
 # Issue 12 and 13: two services with no AWS configuration of their own, one
 # with User= (a system user) and one with DynamicUser= (a uid that is in no
