@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/imds-shim/imds-shim/pkg/daemon"
 )
@@ -25,15 +26,21 @@ import (
 // check, no routing, no metrics, no connection tracking). What the floor
 // costs over the ceiling is the standard library's price for those; what the
 // daemon costs over the floor is imds-shim's own code.
+//
+// -heap keeps that much more live heap for the garbage collector to mark,
+// as a process with more libraries and state (the daemon) has: it shows
+// what a larger heap alone does to the latency under load.
 func ceilingMain(args []string) error {
 	fs := flag.NewFlagSet("ceiling", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address")
 	size := fs.Int("size", 1200, "body size in bytes (the credential document's)")
 	floor := fs.Bool("floor", false, "serve with the daemon's limits and response headers")
+	heapKiB := fs.Int("heap", 0, "KiB of live heap to keep, in small objects that hold pointers, for the garbage collector to mark")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	body := bytes.Repeat([]byte("x"), *size)
+	keepHeap(*heapKiB)
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", *addr, err)
@@ -53,6 +60,23 @@ func ceilingMain(args []string) error {
 		}
 	}
 	return srv.Serve(ln)
+}
+
+// keepHeap adds about kib KiB to the live heap, kept in ballast.
+func keepHeap(kib int) {
+	for i := range kib * 1024 / int(unsafe.Sizeof(heapNode{})) {
+		ballast = &heapNode{next: ballast, name: strconv.Itoa(i)}
+	}
+}
+
+// ballast is what -heap keeps live: a list, so that marking it takes as
+// many pointer hops as it has nodes.
+var ballast *heapNode
+
+type heapNode struct {
+	next *heapNode
+	name string
+	_    [5]int64
 }
 
 // floorHandler answers with body and the headers of the daemon's credential

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"testing"
@@ -77,4 +78,19 @@ func get(t *testing.T, req *http.Request, h *http.Header) []byte {
 		*h = resp.Header
 	}
 	return b
+}
+
+// -heap keeps what it asks for live across collections (give or take what
+// else the test binary freed in between).
+func TestKeepHeap(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	keepHeap(2048)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew < 2048<<10*9/10 {
+		t.Errorf("live heap grew by %d bytes, want about 2 MiB", grew)
+	}
+	ballast = nil
 }

@@ -237,6 +237,7 @@ var (
 const (
 	natCeiling = "127.0.0.2"
 	natFloor   = "127.0.0.3"
+	natFloorGC = "127.0.0.4"
 )
 
 // dnat sends TCP port 80 of each address in to its server's address, with

@@ -114,6 +114,12 @@ func (r *results) markdown() string {
 			"%.2f× goal: that is the room the goal leaves for imds-shim's own code (token check, routing, source and "+
 			"host checks, caller binding, metrics, connection tracking, its larger process). The daemon spends %+.1f µs beyond the floor.\n",
 			d(cn), cn.rpsRatio, cn.p99Ratio, d(fl), fl.rpsRatio, fl.p99Ratio, budget, wantRatio, d(dnat)-d(fl))
+		if fg := r.summary(targetFloorGC); fg.cpu > 0 {
+			p("\nThe same floor holding 0.5 MiB more live heap, about what the daemon's process holds over the floor's, "+
+				"measures %.2f× with p99 %.2f× (the floor: %.2f×, p99 %.2f×; the daemon: %.2f×, p99 %.2f×): what a larger "+
+				"heap alone changes, where the garbage collector marks all of it every few milliseconds on the one CPU that also serves.\n",
+				fg.rpsRatio, fg.p99Ratio, fl.rpsRatio, fl.p99Ratio, dnat.rpsRatio, dnat.p99Ratio)
+		}
 	}
 	if rl := r.summary(targetRoles); rl.cpu > 0 {
 		d := func(s targetSummary) float64 { return float64((s.cpu - s.ceilCPU).Nanoseconds()) / 1000 }

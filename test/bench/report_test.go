@@ -96,20 +96,22 @@ func TestErrorsMissGoal(t *testing.T) {
 // ceiling at 10 µs, 0.80× allows 12.5 µs; a floor at 11.5 µs leaves 1.0.
 func TestFloorBudget(t *testing.T) {
 	c := run(100_000, 1000, 10*time.Microsecond)
-	r := &results{rounds: 1, targets: []string{targetCeiling, targetCeilNAT, targetFloor, targetRedirect},
+	r := &results{rounds: 1, targets: []string{targetCeiling, targetCeilNAT, targetFloor, targetFloorGC, targetRedirect},
 		byTarget: map[string][]wrkResult{
 			targetCeiling:  {c, c, c},
 			targetCeilNAT:  {run(97_000, 1000, 10300*time.Nanosecond)},
 			targetFloor:    {run(87_000, 1100, 11500*time.Nanosecond)},
+			targetFloorGC:  {run(88_000, 1300, 11400*time.Nanosecond)},
 			targetRedirect: {run(77_000, 1400, 13*time.Microsecond)},
 		},
-		paired: map[string][]wrkResult{targetCeilNAT: {c}, targetFloor: {c}, targetRedirect: {c}}}
+		paired: map[string][]wrkResult{targetCeilNAT: {c}, targetFloor: {c}, targetFloorGC: {c}, targetRedirect: {c}}}
 	md := r.markdown()
 	for _, want := range []string{
 		"the kernel's NAT costs the ceiling +0.3 µs per request (0.97× its req/s, p99 1.00×)",
 		"through it +1.5 µs (0.87×, p99 1.10×)",
 		"more than 1.0 µs per request beyond the floor's misses the 0.80× goal",
 		"The daemon spends +1.5 µs beyond the floor.",
+		"measures 0.88× with p99 1.30× (the floor: 0.87×, p99 1.10×; the daemon: 0.77×, p99 1.40×)",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
