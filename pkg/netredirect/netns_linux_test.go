@@ -557,14 +557,7 @@ func TestKernelSteadyStateAndSelfHealing(t *testing.T) {
 				t.Errorf("after the repairs: Run repaired %q again", w)
 			default:
 			}
-			cancel()
-			if err := <-runDone; err != nil {
-				t.Errorf("Run = %v", err)
-			}
-			if err := r.Teardown(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			sameHost(t, "after Teardown", before)
+			endRun(t, r, cancel, runDone, before)
 		})
 	}
 }
@@ -615,6 +608,13 @@ func TestKernelRepairsOnRuleChange(t *testing.T) {
 	t.Logf("reloaded tables repaired after %v", d)
 	check("after a reload was repaired")
 
+	endRun(t, r, cancel, runDone, before)
+}
+
+// endRun stops Run (cancel ends it, runDone has its result), tears the
+// redirect down and checks that the host is as it was before.
+func endRun(t *testing.T, r *Redirector, cancel context.CancelFunc, runDone <-chan error, before *hoststate.Snapshot) {
+	t.Helper()
 	cancel()
 	if err := <-runDone; err != nil {
 		t.Errorf("Run = %v", err)

@@ -538,9 +538,9 @@ func (r *Redirector) Run(ctx context.Context) error {
 	}
 	tick, stop := r.sys.ticker(r.cfg.ReconcileInterval)
 	defer stop()
-	var sub *subscription
+	var sub *subscription[netlink.AddrUpdate]
 	defer func() { sub.close() }()
-	var rules *ruleWatch
+	var rules *subscription[struct{}]
 	defer func() { rules.close() }()
 	retryRules := watchRules
 	var settle <-chan time.Time // a ruleset change waiting to be checked
@@ -607,42 +607,30 @@ const (
 	ruleGap    = time.Second
 )
 
-// ruleWatch is a live nf_tables change subscription.
-type ruleWatch struct {
-	ch   chan struct{}
+// subscription is a live netlink subscription: address changes, or
+// nf_tables ruleset changes.
+type subscription[T any] struct {
+	ch   chan T
 	done chan struct{}
 }
 
-func (r *Redirector) watchRules() *ruleWatch {
-	w := &ruleWatch{ch: make(chan struct{}, 1), done: make(chan struct{})}
-	err := r.sys.nftEvents(w.ch, w.done, func(err error) {
-		r.log.Warn("rule change subscription", "err", err)
-	})
-	if err != nil {
-		r.log.Warn("subscribing to nftables rule changes; relying on periodic checks", "err", err)
-		return nil
-	}
-	return w
+func newSubscription[T any](buffer int) *subscription[T] {
+	return &subscription[T]{ch: make(chan T, buffer), done: make(chan struct{})}
 }
 
-// close stops the subscription and drains it until its reader has exited.
-func (w *ruleWatch) close() {
-	if w == nil {
+// close stops the subscription and drains it, so its reader goroutine,
+// which may be blocked sending, can exit.
+func (s *subscription[T]) close() {
+	if s == nil {
 		return
 	}
-	close(w.done)
-	for range w.ch {
+	close(s.done)
+	for range s.ch {
 	}
 }
 
-// subscription is a live netlink address subscription.
-type subscription struct {
-	ch   chan netlink.AddrUpdate
-	done chan struct{}
-}
-
-func (r *Redirector) subscribe() *subscription {
-	s := &subscription{ch: make(chan netlink.AddrUpdate, 64), done: make(chan struct{})}
+func (r *Redirector) subscribe() *subscription[netlink.AddrUpdate] {
+	s := newSubscription[netlink.AddrUpdate](64)
 	err := r.sys.links.AddrSubscribe(s.ch, s.done, func(err error) {
 		select {
 		case <-s.done: // closing the socket on purpose makes the reader fail
@@ -657,15 +645,17 @@ func (r *Redirector) subscribe() *subscription {
 	return s
 }
 
-// close stops the subscription and drains it, so its reader goroutine,
-// which may be blocked sending, can exit.
-func (s *subscription) close() {
-	if s == nil {
-		return
+// watchRules subscribes to ruleset changes; one pending wake-up is enough.
+func (r *Redirector) watchRules() *subscription[struct{}] {
+	s := newSubscription[struct{}](1)
+	err := r.sys.nftEvents(s.ch, s.done, func(err error) {
+		r.log.Warn("rule change subscription", "err", err)
+	})
+	if err != nil {
+		r.log.Warn("subscribing to nftables rule changes; relying on periodic checks", "err", err)
+		return nil
 	}
-	close(s.done)
-	for range s.ch {
-	}
+	return s
 }
 
 // reconcile converges everything once, reporting repairs.
