@@ -148,12 +148,13 @@ func (s *rolesAnywhereSource) Collect(ch chan<- prometheus.Metric) {
 // stsClientFor returns the STS client a served role's engine calls: with
 // roles_anywhere, one backed by the shared source (CreateSession for
 // roles_anywhere.role_arn itself, STS AssumeRole signed with the Roles
-// Anywhere session for every other role); otherwise the SDK's chain.
-func stsClientFor(ctx context.Context, cc credentials.Config, c *config.Config) (credentials.STSAPI, error) {
+// Anywhere session for every other role); otherwise the SDK's chain,
+// loaded once by clients for all the roles of c.
+func stsClientFor(ctx context.Context, cc credentials.Config, c *config.Config, clients *credentials.STSClients) (credentials.STSAPI, error) {
 	rc, ok := rolesAnywhereConfig(c)
 	if !ok {
 		sharedRolesAnywhere.forget()
-		return credentials.NewSTSClient(ctx, cc)
+		return clients.Client(ctx, cc)
 	}
 	ra, err := sharedRolesAnywhere.get(rc)
 	if err != nil {

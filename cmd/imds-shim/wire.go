@@ -325,6 +325,7 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 	if err != nil {
 		return nil, err
 	}
+	clients := new(credentials.STSClients) // every role of c has c's source
 	return credentials.NewSet(ctx, credentialRoles(c), credentials.SetOptions{
 		Options:     credentials.Options{Logger: log.With("component", "credentials")},
 		NewObserver: m.roleObserver,
@@ -332,7 +333,7 @@ func newCredentials(ctx context.Context, c *config.Config, log *slog.Logger, m *
 		Previous:    prev,
 		AuditLog:    log, // the line reads "caller uid=… unit=… role=… access_key_id=…"
 		NewClient: func(ctx context.Context, cc credentials.Config) (credentials.STSAPI, error) {
-			return stsClientFor(ctx, cc, c)
+			return stsClientFor(ctx, cc, c, clients)
 		},
 	})
 }

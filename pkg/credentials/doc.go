@@ -15,6 +15,11 @@
 // with the token re-read from the file on every call, and no AWS keys are
 // needed at all.
 //
+// STSClients loads that chain once for all the roles that share a source
+// (every role of one configuration file does), so they share one cached
+// set of source credentials: a credential_process or an SSO token refresh
+// runs once per expiry, not once per role, and a CA bundle is parsed once.
+//
 // # IAM Roles Anywhere
 //
 // With roles_anywhere configured (RolesAnywhereConfig), the source is an

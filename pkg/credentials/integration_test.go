@@ -289,6 +289,117 @@ echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000001","SecretAccessKey":"proce
 	})
 }
 
+// TestMotoRolesShareTheirSource: the roles of one configuration run its
+// credential_process once between them, not once per role, and every
+// AssumeRole is signed with that one process's keys. The control builds
+// each role's client with NewSTSClient, one load per role, and must see the
+// process run once per role: that is the count the sharing removes.
+func TestMotoRolesShareTheirSource(t *testing.T) {
+	base := motoURL(t)
+	home := isolateAWSEnv(t)
+	runs := filepath.Join(home, "runs")
+	helper := filepath.Join(home, "cred-helper")
+	if err := os.WriteFile(helper, []byte(`#!/bin/sh
+echo run >>`+runs+`
+echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000002","SecretAccessKey":"process-secret"}'
+`), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(home, "etc-config")
+	if err := os.WriteFile(cfgFile, []byte("[profile proc]\ncredential_process = "+helper+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	countRuns := func() int {
+		b, err := os.ReadFile(runs)
+		if errors.Is(err, os.ErrNotExist) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "run\n")
+	}
+	const n = 3
+	for _, tc := range []struct {
+		name      string
+		newClient func(context.Context, Config) (STSAPI, error) // nil: the Set's own
+		wantRuns  int
+	}{
+		{"a Set's roles", nil, 1},
+		{"control: one load per role", func(ctx context.Context, c Config) (STSAPI, error) { return NewSTSClient(ctx, c) }, n},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.Remove(runs); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			proxy := newRecordingProxy(t, base)
+			var roles []Role
+			for i := range n {
+				roles = append(roles, Role{Key: fmt.Sprintf("roles[%d]", i), Config: Config{
+					RoleARN: fmt.Sprintf("arn:aws:iam::123456789012:role/shared-%d", i), SessionName: "it-shared",
+					STSEndpoint: proxy.URL, ConfigFile: cfgFile, Profile: "proc", Region: "eu-west-1",
+				}})
+			}
+			set, err := NewSet(t.Context(), roles, SetOptions{NewClient: tc.newClient, Options: Options{FetchAttempts: 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := set.Fetch(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if got := countRuns(); got != tc.wantRuns {
+				t.Errorf("credential_process ran %d times for %d roles, want %d", got, n, tc.wantRuns)
+			}
+			want := seen{Action: "AssumeRole", AccessKeyID: "AKIDPROCESS000000002", DurationSeconds: "3600"}
+			if diff := cmp.Diff([]seen{want, want, want}, proxy.seen()); diff != "" {
+				t.Errorf("requests (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestSTSClientsShareOnlyTheSource: clients of one STSClients share the
+// loaded source (one credentials provider) where their source settings
+// agree, and nothing else: each role without a region gets its own
+// partition's default, and another profile is another load.
+func TestSTSClientsShareOnlyTheSource(t *testing.T) {
+	home := isolateAWSEnv(t)
+	credFile := filepath.Join(home, "etc-credentials")
+	if err := os.WriteFile(credFile, []byte("[a]\naws_access_key_id = AKIDA\naws_secret_access_key = a\n[b]\naws_access_key_id = AKIDB\naws_secret_access_key = b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var clients STSClients
+	client := func(arn, profile string) *sts.Client {
+		t.Helper()
+		c, err := clients.Client(t.Context(), Config{RoleARN: arn, CredentialsFile: credFile, Profile: profile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*sts.Client)
+	}
+	commercial := client("arn:aws:iam::123456789012:role/one", "a").Options()
+	china := client("arn:aws-cn:iam::123456789012:role/two", "a").Options()
+	other := client("arn:aws:iam::123456789012:role/three", "b").Options()
+	if commercial.Region != "us-east-1" || china.Region != "cn-north-1" {
+		t.Errorf("regions %q, %q; want each partition's default", commercial.Region, china.Region)
+	}
+	if commercial.Credentials != china.Credentials {
+		t.Error("two roles of one source have two credentials providers")
+	}
+	if commercial.Credentials == other.Credentials {
+		t.Error("profiles a and b share one credentials provider")
+	}
+	for _, c := range []struct {
+		o    sts.Options
+		want string
+	}{{commercial, "AKIDA"}, {china, "AKIDA"}, {other, "AKIDB"}} {
+		got, err := c.o.Credentials.Retrieve(t.Context())
+		if err != nil || got.AccessKeyID != c.want {
+			t.Errorf("Retrieve = %s, %v; want %s", got.AccessKeyID, err, c.want)
+		}
+	}
+}
+
 // TestIMDSNeverUsedForSourceCredentials points the SDK's IMDS endpoint at a
 // local listener and leaves no other source of keys. The control shows that
 // the SDK's default chain would ask that listener; NewSTSClient's must not,

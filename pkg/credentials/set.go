@@ -38,7 +38,9 @@ type Role struct {
 type SetOptions struct {
 	// Options are each refresher's; Observer is replaced by NewObserver's.
 	Options Options
-	// NewClient builds the STS client of one role's configuration.
+	// NewClient builds the STS client of one role's configuration; nil
+	// means one STSClients for the Set, so that roles with one source
+	// share it.
 	NewClient func(ctx context.Context, cfg Config) (STSAPI, error)
 	// NewObserver returns the metrics observer of one credential set,
 	// labelled with label (the role name, see RoleStatus.Label); nil means
@@ -117,7 +119,8 @@ func NewSet(ctx context.Context, roles []Role, o SetOptions) (*Set, error) {
 		return nil, errors.New("no role configured")
 	}
 	if o.NewClient == nil {
-		o.NewClient = func(ctx context.Context, cfg Config) (STSAPI, error) { return NewSTSClient(ctx, cfg) }
+		clients := new(STSClients) // the roles of one configuration share their source
+		o.NewClient = func(ctx context.Context, cfg Config) (STSAPI, error) { return clients.Client(ctx, cfg) }
 	}
 	if o.FirstWait <= 0 {
 		o.FirstWait = DefaultFirstWait

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -60,49 +61,47 @@ var partitionRegions = map[string]string{
 // source credentials are loaded at all. optFns adjust the STS client (tests
 // use them to cut retries). The credentials are resolved lazily, on the
 // first call, so a missing key shows up as a classified refresh error.
+//
+// Each call loads the SDK's configuration anew; STSClients.Client builds
+// the clients of several roles from one load.
 func NewSTSClient(ctx context.Context, cfg Config, optFns ...func(*sts.Options)) (STSAPI, error) {
+	return new(STSClients).Client(ctx, cfg, optFns...)
+}
+
+// STSClients builds the STS clients of the roles of one configuration, as
+// NewSTSClient does, loading the SDK's configuration once per distinct
+// source (region, profile, credentials_file, config_file, web identity)
+// rather than once per role. Roles with one source then share its source
+// credentials and their cache, so a credential_process or an SSO token
+// refresh runs once per expiry for all of them instead of once per role,
+// and a CA bundle (AWS_CA_BUNDLE, ca_bundle) is read and parsed once. A
+// failed load is not kept: the next role tries again. The zero value is
+// ready; it is safe for concurrent use. Keep one for as long as its roles'
+// configuration holds: a reload that changes the source files starts a new
+// one (Set does, through SetOptions.NewClient).
+type STSClients struct {
+	mu     sync.Mutex
+	loaded map[stsSource]aws.Config
+}
+
+// stsSource is what loading the SDK's configuration depends on.
+type stsSource struct {
+	region, profile, credentialsFile, configFile string
+	webIdentity                                  bool
+}
+
+// Client returns the STS client for cfg.
+func (s *STSClients) Client(ctx context.Context, cfg Config, optFns ...func(*sts.Options)) (STSAPI, error) {
 	arn, err := ParseRoleARN(cfg.RoleARN)
 	if err != nil {
 		return nil, fmt.Errorf("parsing role_arn: %w", err)
 	}
-	for _, f := range []struct{ key, path string }{
-		{"credentials_file", cfg.CredentialsFile},
-		{"config_file", cfg.ConfigFile},
-	} {
-		// The SDK silently skips missing shared files; an explicitly
-		// configured one must exist.
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			return nil, fmt.Errorf("checking %s: %w", f.key, err)
-		}
-	}
-	loadOpts := []func(*config.LoadOptions) error{
-		config.WithEC2IMDSClientEnableState(imds.ClientDisabled),
-		config.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = refusingIMDS{} }),
-	}
-	if cfg.Region != "" {
-		loadOpts = append(loadOpts, config.WithRegion(cfg.Region))
-	}
-	if cfg.WebIdentityTokenFile != "" {
-		// AssumeRoleWithWebIdentity is unsigned; the token is the proof.
-		loadOpts = append(loadOpts, config.WithCredentialsProvider(aws.AnonymousCredentials{}))
-	} else {
-		if cfg.Profile != "" {
-			loadOpts = append(loadOpts, config.WithSharedConfigProfile(cfg.Profile))
-		}
-		if cfg.CredentialsFile != "" {
-			loadOpts = append(loadOpts, config.WithSharedCredentialsFiles([]string{cfg.CredentialsFile}))
-		}
-		if cfg.ConfigFile != "" {
-			loadOpts = append(loadOpts, config.WithSharedConfigFiles([]string{cfg.ConfigFile}))
-		}
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	awsCfg, err := s.load(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("loading AWS configuration: %w", err)
+		return nil, err
 	}
+	// awsCfg is a copy: the region chosen here is this role's alone, while
+	// its credentials provider and HTTP client stay shared.
 	if awsCfg.Region == "" {
 		region, ok := partitionRegions[arn.Partition]
 		if !ok {
@@ -110,14 +109,68 @@ func NewSTSClient(ctx context.Context, cfg Config, optFns ...func(*sts.Options))
 		}
 		awsCfg.Region = region
 	}
-	if cfg.WebIdentityTokenFile == "" {
-		awsCfg.Credentials = sourceProvider{awsCfg.Credentials}
-	}
 	opts := []func(*sts.Options){}
 	if cfg.STSEndpoint != "" {
 		opts = append(opts, func(o *sts.Options) { o.BaseEndpoint = aws.String(cfg.STSEndpoint) })
 	}
 	return sts.NewFromConfig(awsCfg, append(opts, optFns...)...), nil
+}
+
+// load returns the SDK's configuration for cfg's source, loading it the
+// first time.
+func (s *STSClients) load(ctx context.Context, cfg Config) (aws.Config, error) {
+	key := stsSource{cfg.Region, cfg.Profile, cfg.CredentialsFile, cfg.ConfigFile, cfg.WebIdentityTokenFile != ""}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.loaded[key]; ok {
+		return c, nil
+	}
+	for _, f := range []struct{ key, path string }{
+		{"credentials_file", key.credentialsFile},
+		{"config_file", key.configFile},
+	} {
+		// The SDK silently skips missing shared files; an explicitly
+		// configured one must exist.
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return aws.Config{}, fmt.Errorf("checking %s: %w", f.key, err)
+		}
+	}
+	loadOpts := []func(*config.LoadOptions) error{
+		config.WithEC2IMDSClientEnableState(imds.ClientDisabled),
+		config.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = refusingIMDS{} }),
+	}
+	if key.region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(key.region))
+	}
+	if key.webIdentity {
+		// AssumeRoleWithWebIdentity is unsigned; the token is the proof.
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(aws.AnonymousCredentials{}))
+	} else {
+		if key.profile != "" {
+			loadOpts = append(loadOpts, config.WithSharedConfigProfile(key.profile))
+		}
+		if key.credentialsFile != "" {
+			loadOpts = append(loadOpts, config.WithSharedCredentialsFiles([]string{key.credentialsFile}))
+		}
+		if key.configFile != "" {
+			loadOpts = append(loadOpts, config.WithSharedConfigFiles([]string{key.configFile}))
+		}
+	}
+	c, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("loading AWS configuration: %w", err)
+	}
+	if !key.webIdentity {
+		c.Credentials = sourceProvider{c.Credentials}
+	}
+	if s.loaded == nil {
+		s.loaded = map[stsSource]aws.Config{}
+	}
+	s.loaded[key] = c
+	return c, nil
 }
 
 // SourceCredentialsError means the SDK's chain produced no usable source
