@@ -27,6 +27,9 @@ import (
 // costs over the ceiling is the standard library's price for those; what the
 // daemon costs over the floor is imds-shim's own code.
 //
+// -stats serves the process's allocation and GC counters on a listener of
+// their own (gcCounts).
+//
 // -heap keeps that much more live heap for the garbage collector to mark,
 // as a process with more libraries and state (the daemon) has: it shows
 // what a larger heap alone does to the latency under load.
@@ -36,8 +39,14 @@ func ceilingMain(args []string) error {
 	size := fs.Int("size", 1200, "body size in bytes (the credential document's)")
 	floor := fs.Bool("floor", false, "serve with the daemon's limits and response headers")
 	heapKiB := fs.Int("heap", 0, "KiB of live heap to keep, in small objects that hold pointers, for the garbage collector to mark")
+	stats := fs.String("stats", "", "also serve the Go collector's metrics (allocations, GC cycles) on this address")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *stats != "" {
+		if err := serveGCCounts(*stats); err != nil {
+			return err
+		}
 	}
 	body := bytes.Repeat([]byte("x"), *size)
 	keepHeap(*heapKiB)

@@ -150,6 +150,8 @@ func (r *results) markdown() string {
 		p("\n")
 	}
 
+	r.gcMarkdown(p)
+
 	p("\n## Caller identification\n\n")
 	if len(r.identify) == 0 {
 		p("Not run.\n")
@@ -356,4 +358,40 @@ func maxOf(v []time.Duration) time.Duration {
 		return 0
 	}
 	return slices.Max(v)
+}
+
+// gcMarkdown writes what each server allocated per request and how often
+// its garbage collector ran.
+func (r *results) gcMarkdown(p func(string, ...any)) {
+	if len(r.gc) == 0 {
+		return
+	}
+	p("\n## Allocation and garbage collection\n\n")
+	p("One more wrk run per server, as above, with the server's Go runtime counters read before and after it " +
+		"(client_golang's Go collector: `go_memstats_alloc_bytes_total`, `go_memstats_mallocs_total`, " +
+		"`go_gc_duration_seconds_count`): the daemon's from its metrics listener; the ceiling's and the floors' from fresh " +
+		"processes that serve them on a listener of their own (so that the servers of the rounds above held nothing more), " +
+		"reached directly: a DNAT allocates nothing in the server.\n\n")
+	p("| server | requests | bytes allocated per request | objects per request | GC cycles per 10,000 requests |\n")
+	p("|---|---:|---:|---:|---:|\n")
+	rows := map[string]gcRow{}
+	for _, g := range r.gc {
+		b, o, c := g.counts.perRequest(g.requests)
+		p("| %s | %d | %.0f | %.1f | %.1f |\n", g.name, g.requests, b, o, c)
+		rows[g.name] = g
+	}
+	fl, okF := rows[gcFloor]
+	d, okD := rows[gcDaemon]
+	if !okF || !okD {
+		return
+	}
+	fb, fo, fc := fl.counts.perRequest(fl.requests)
+	db, do, dc := d.counts.perRequest(d.requests)
+	if fb == 0 || fo == 0 || fc == 0 {
+		return
+	}
+	p("\nPer request, the daemon's credential GET allocates %.2f× the bytes and %.2f× the objects the floor's does, and its "+
+		"garbage collector runs %.2f× as often. A cycle starts when the heap reaches its goal (GOGC=100: twice what the last "+
+		"cycle found live, and at least 4 MB), so a process that keeps more live (libraries, TLS roots, metrics, its "+
+		"state) has less room to allocate between cycles, and more to mark in each.\n", db/fb, do/fo, dc/fc)
 }
