@@ -212,16 +212,7 @@ aws_session_token = profile-session-token
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	helper := filepath.Join(home, "cred-helper")
-	if err := os.WriteFile(helper, []byte(`#!/bin/sh
-echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000001","SecretAccessKey":"process-secret"}'
-`), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfgFile := filepath.Join(home, "etc-config")
-	if err := os.WriteFile(cfgFile, []byte("[profile proc]\ncredential_process = "+helper+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgFile := processProfile(t, home, `echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000001","SecretAccessKey":"process-secret"}'`)
 	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV000000001")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
 
@@ -289,6 +280,22 @@ echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000001","SecretAccessKey":"proce
 	})
 }
 
+// processProfile writes a shell script of script's lines into dir and a
+// shared config file whose profile "proc" runs it as its credential_process;
+// it returns the config file's path.
+func processProfile(t *testing.T, dir, script string) string {
+	t.Helper()
+	helper := filepath.Join(dir, "cred-helper")
+	if err := os.WriteFile(helper, []byte("#!/bin/sh\n"+script+"\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "etc-config")
+	if err := os.WriteFile(cfgFile, []byte("[profile proc]\ncredential_process = "+helper+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgFile
+}
+
 // TestMotoRolesShareTheirSource: the roles of one configuration run its
 // credential_process once between them, not once per role, and every
 // AssumeRole is signed with that one process's keys. The control builds
@@ -298,17 +305,8 @@ func TestMotoRolesShareTheirSource(t *testing.T) {
 	base := motoURL(t)
 	home := isolateAWSEnv(t)
 	runs := filepath.Join(home, "runs")
-	helper := filepath.Join(home, "cred-helper")
-	if err := os.WriteFile(helper, []byte(`#!/bin/sh
-echo run >>`+runs+`
-echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000002","SecretAccessKey":"process-secret"}'
-`), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfgFile := filepath.Join(home, "etc-config")
-	if err := os.WriteFile(cfgFile, []byte("[profile proc]\ncredential_process = "+helper+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgFile := processProfile(t, home, "echo run >>"+runs+"\n"+
+		`echo '{"Version":1,"AccessKeyId":"AKIDPROCESS000000002","SecretAccessKey":"process-secret"}'`)
 	countRuns := func() int {
 		b, err := os.ReadFile(runs)
 		if errors.Is(err, os.ErrNotExist) {
