@@ -629,10 +629,7 @@ func TestRunRepairs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := h.String()
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	var runErr error
-	wg.Go(func() { runErr = r.Run(ctx) })
+	stop := runInBackground(t, r)
 
 	// Steady state: several ticks on an intact host repair nothing. Run
 	// takes a tick only after the reconcile of the previous one, so the
@@ -680,10 +677,8 @@ func TestRunRepairs(t *testing.T) {
 	waitRepairs(t, obs, "filter/INPUT jump", "filter/"+fenceChain+" chain", "filter/"+fenceChain+" rules")
 	diffState(t, "after the repairs", want, h.String())
 
-	cancel()
-	wg.Wait()
-	if runErr != nil {
-		t.Errorf("Run = %v, want nil after cancel", runErr)
+	if err := stop(); err != nil {
+		t.Errorf("Run = %v, want nil after cancel", err)
 	}
 	if err := r.Teardown(t.Context()); err != nil {
 		t.Fatal(err)
@@ -702,16 +697,13 @@ func TestRunStopsRepairingAfterTeardown(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = r.Run(ctx) })
+	stop := runInBackground(t, r)
 	h.tick <- time.Now() // Run is in its loop once the tick is taken
 	if err := r.Teardown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	h.tick <- time.Now() // a reconcile after Teardown must not reinstall
-	cancel()
-	wg.Wait()
+	_ = stop()
 	diffState(t, "after Teardown with Run active", before, h.String())
 	select {
 	case w := <-obs.ch:
@@ -860,9 +852,7 @@ func TestRunRepairsOnRuleChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := h.String()
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = r.Run(ctx) })
+	stop := runInBackground(t, r)
 
 	// Repaired by the check Run makes on subscribing or by the change.
 	h.ipt[BackendNFT].flush("nat", "OUTPUT")
@@ -901,8 +891,22 @@ func TestRunRepairsOnRuleChange(t *testing.T) {
 	default:
 	}
 	diffState(t, "after the repairs", want, h.String())
-	cancel()
-	wg.Wait()
+	_ = stop()
+}
+
+// runInBackground starts r.Run; stop cancels it and returns what Run
+// returned.
+func runInBackground(t *testing.T, r *Redirector) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	var err error
+	wg.Go(func() { err = r.Run(ctx) })
+	return func() error {
+		cancel()
+		wg.Wait()
+		return err
+	}
 }
 
 // change sends a ruleset change event (ok) or a failed receive (!ok) to
@@ -925,13 +929,10 @@ func TestRunLegacyHasNoRuleEvents(t *testing.T) {
 	if err := r.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = r.Run(ctx) })
+	stop := runInBackground(t, r)
 	h.tick <- time.Now()
 	h.tick <- time.Now()
-	cancel()
-	wg.Wait()
+	_ = stop()
 	if n := h.nftSubscribed.Load(); n != 0 {
 		t.Errorf("subscribed to nftables changes %d times with the legacy backend", n)
 	}
